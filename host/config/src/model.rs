@@ -1,0 +1,249 @@
+//! The config resources, exactly as users write them (YAML or JSON). Unknown fields are errors.
+
+use crate::units::{ByteSize, Duration};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A whole config: what a static file holds and what `weft apply` sends.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where traffic comes in.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Where traffic goes.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    /// The Wasm filters listeners may run, by name.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// A socket the proxy accepts connections on.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name; labels metrics and logs.
+    pub name: String,
+    /// `ip:port` to bind (`127.0.0.1:8080`, `[::1]:8443`, port 0 picks a free one).
+    pub address: String,
+    /// What is spoken on the socket.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// TLS termination: required for `https`, optional for `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// The ordered filter chain, by filter name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// The default upstream cluster (for `tcp`, the upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Protection against too many or abusive clients.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    /// Write one JSON access-log line per request (or connection, for `tcp`) to stdout.
+    #[serde(default)]
+    pub access_log: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port.
+    #[default]
+    Http,
+    /// TLS with ALPN `h2` and `http/1.1`.
+    Https,
+    /// Bytes passed through to the listener's cluster.
+    Tcp,
+}
+
+/// Certificates a listener presents, and the CA its clients must be signed by (mTLS).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Per-listener limits.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// Connections open at once; further clients are closed at accept.
+    pub max_connections: u32,
+    /// Request headers allowed per request (431 beyond).
+    pub max_request_headers: u32,
+    /// Total size of the request head (431 beyond).
+    pub max_request_header_size: ByteSize,
+    /// Time a client has to send a complete request head (HTTP/1.1) before it is cut off.
+    pub header_read_timeout: Duration,
+    /// Time a TLS client has to finish its handshake.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: 10_000,
+            max_request_headers: 100,
+            max_request_header_size: ByteSize::kib(60),
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A named group of upstream endpoints and how to talk to them.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// `host:port` each; DNS names are resolved when the config is loaded.
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// For `ring_hash`: `header:NAME` or `source_ip` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    /// Talk TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+    /// Time to establish a connection (TCP and TLS).
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time from sending a request to receiving the response head (504 beyond).
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: Duration,
+    /// An idle pooled connection is closed after this long.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+mod defaults {
+    use crate::units::Duration;
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// h2c without TLS; with `tls`, HTTP/2 negotiated by ALPN.
+    Http2,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    /// Power of two choices on requests in flight.
+    LeastRequest,
+    Random,
+    /// Consistent hashing on `hash_on`.
+    RingHash,
+}
+
+/// TLS towards a cluster's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// CA to verify the endpoints with (PEM); the public web roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate for mTLS (PEM), with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// SNI and the name verified in the endpoint's certificate; the endpoint host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+/// A Wasm filter a listener may run.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub name: String,
+    /// A file path, or `sha256:<hex>` for a module pushed to the control plane.
+    pub module: String,
+    /// The Proxy-Wasm root id, when one module holds several filters.
+    #[serde(default)]
+    pub root_id: String,
+    /// Any value; handed to `proxy_on_configure` as JSON bytes.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    #[serde(default)]
+    pub limits: FilterLimits,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// A broken filter answers 503 `filter failed`.
+    #[default]
+    FailClosed,
+    /// A broken filter is skipped.
+    FailOpen,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterLimits {
+    /// Linear memory one instance may grow to.
+    pub memory: ByteSize,
+    /// Wall time one call into the filter may take.
+    pub time_per_call: Duration,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits { memory: ByteSize::mib(32), time_per_call: Duration::from_millis(20) }
+    }
+}
+
+/// What a `ring_hash` cluster hashes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value (lower-case name); requests without it hash on the source IP.
+    Header(String),
+    SourceIp,
+}
+
+impl HashOn {
+    pub fn parse(text: &str) -> Result<HashOn, String> {
+        match text.split_once(':') {
+            Some(("header", name)) if !name.trim().is_empty() => Ok(HashOn::Header(name.trim().to_ascii_lowercase())),
+            None if text == "source_ip" => Ok(HashOn::SourceIp),
+            _ => Err(format!("invalid {text:?}: expected header:NAME or source_ip")),
+        }
+    }
+}
+
+impl Cluster {
+    /// The parsed `hash_on`, `source_ip` when unset. Validation guarantees it parses.
+    pub fn hash_on(&self) -> HashOn {
+        self.hash_on.as_deref().and_then(|t| HashOn::parse(t).ok()).unwrap_or(HashOn::SourceIp)
+    }
+}

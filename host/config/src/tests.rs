@@ -1,0 +1,142 @@
+use super::*;
+
+fn errors_of(yaml: &str) -> Vec<String> {
+    match Config::parse(yaml, Format::Yaml) {
+        Ok(_) => vec![],
+        Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    cluster: web
+clusters:
+  - name: web
+    endpoints: ["127.0.0.1:3000", "localhost:3001"]
+    lb: ring_hash
+    hash_on: header:X-User
+    connect_timeout: 250ms
+"#;
+
+#[test]
+fn a_good_config_parses_with_defaults() {
+    let config = Config::parse(GOOD, Format::Yaml).unwrap();
+    let listener = &config.listeners[0];
+    assert_eq!(listener.protocol, ListenerProtocol::Http);
+    assert_eq!(listener.limits.max_request_headers, 100);
+    let cluster = &config.clusters[0];
+    assert_eq!(cluster.protocol, UpstreamProtocol::Http1);
+    assert_eq!(cluster.hash_on(), HashOn::Header("x-user".into()));
+    assert_eq!(cluster.connect_timeout, Duration::from_millis(250));
+    assert_eq!(cluster.request_timeout, Duration::from_secs(15));
+}
+
+#[test]
+fn a_bad_port_names_the_endpoint() {
+    let errors = errors_of(&GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999"));
+    assert_eq!(errors, vec![r#"clusters[0].endpoints[0]: invalid address "127.0.0.1:99999": port 99999 is out of range 1-65535"#]);
+}
+
+#[test]
+fn unknown_fields_are_errors_with_their_path() {
+    let errors = errors_of(&GOOD.replace("    cluster: web", "    cluster: web\n    colour: blue"));
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("listeners[0].colour: unknown field `colour`"), "{}", errors[0]);
+}
+
+#[test]
+fn a_bad_enum_value_names_the_field() {
+    let errors = errors_of(&GOOD.replace("lb: ring_hash", "lb: fastest"));
+    assert!(errors[0].starts_with("clusters[0].lb: unknown variant `fastest`"), "{}", errors[0]);
+}
+
+#[test]
+fn a_bad_duration_names_the_field() {
+    let errors = errors_of(&GOOD.replace("250ms", "soon"));
+    assert!(errors[0].starts_with(r#"clusters[0].connect_timeout: invalid duration "soon""#), "{}", errors[0]);
+}
+
+#[test]
+fn references_to_unknown_clusters_and_filters_are_errors() {
+    let yaml = r#"
+listeners:
+  - { name: a, address: "127.0.0.1:1", cluster: nowhere, filters: [ghost] }
+"#;
+    assert_eq!(
+        errors_of(yaml),
+        vec![r#"listeners[0].cluster: unknown cluster "nowhere""#, r#"listeners[0].filters[0]: unknown filter "ghost""#]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml = r#"
+listeners:
+  - { name: a, address: "nope", protocol: https }
+  - { name: a, address: "127.0.0.1:2", protocol: tcp }
+clusters:
+  - { name: c, endpoints: [], hash_on: source_ip }
+"#;
+    let errors = errors_of(yaml);
+    assert!(errors.contains(&r#"listeners[1].name: "a" is already used by another entry"#.to_string()), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with(r#"listeners[0].address: invalid address "nope""#)), "{errors:?}");
+    assert!(errors.contains(&"listeners[0].tls: required when protocol is https".to_string()), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("listeners[1].cluster: required when protocol is tcp")), "{errors:?}");
+    assert!(errors.contains(&"clusters[0].endpoints: must list at least one host:port".to_string()), "{errors:?}");
+    assert!(errors.contains(&"clusters[0].hash_on: only used with lb: ring_hash".to_string()), "{errors:?}");
+}
+
+#[test]
+fn two_listeners_cannot_share_an_address() {
+    let yaml = r#"
+listeners:
+  - { name: a, address: "127.0.0.1:8080", cluster: c }
+  - { name: b, address: "127.0.0.1:8080", cluster: c }
+clusters:
+  - { name: c, endpoints: ["127.0.0.1:1"] }
+"#;
+    assert_eq!(errors_of(yaml), vec!["listeners[1].address: 127.0.0.1:8080 is used by another listener"]);
+}
+
+#[test]
+fn json_documents_parse_too() {
+    let json = r#"{"clusters": [{"name": "c", "endpoints": ["127.0.0.1:1"], "idle_timeout": "5m"}]}"#;
+    let config = Config::parse(json, Format::Json).unwrap();
+    assert_eq!(config.clusters[0].idle_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn an_empty_document_is_refused() {
+    assert_eq!(errors_of("  \n"), vec!["the document is empty"]);
+}
+
+#[test]
+fn load_prefixes_errors_with_the_file_and_resolves_paths() {
+    let dir = std::env::temp_dir().join(format!("weft-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999")).unwrap();
+    let message = Config::load(&bad).unwrap_err().to_string();
+    assert!(message.starts_with(&format!("{}: clusters[0].endpoints[0]: invalid address", bad.display())), "{message}");
+
+    let good = dir.join("good.yaml");
+    let with_tls = GOOD.replace("    cluster: web", "    cluster: web\n    protocol: https\n    tls: { cert: certs/a.pem, key: /abs/a.key }");
+    std::fs::write(&good, with_tls).unwrap();
+    let config = Config::load(&good).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert, dir.join("certs/a.pem"));
+    assert_eq!(tls.key, std::path::PathBuf::from("/abs/a.key"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn equal_configs_have_equal_digests() {
+    let a = Config::parse(GOOD, Format::Yaml).unwrap();
+    let b = Config::parse(&GOOD.replace("250ms", "250ms "), Format::Yaml).unwrap();
+    assert_eq!(a.digest(), b.digest());
+    let c = Config::parse(&GOOD.replace("250ms", "300ms"), Format::Yaml).unwrap();
+    assert_ne!(a.digest(), c.digest());
+    assert!(a.digest().starts_with("sha256:"));
+}
