@@ -1,1 +1,230 @@
+//! weft's data plane. Modules in the order a request meets them:
+//! `listener` (bind, accept, drain) → `tls` (handshake, ALPN, peer identity) → `http` (limits,
+//! proxy headers, local replies) → `chain` (filters) → `cluster` (endpoints, balancers) →
+//! `upstream` (connectors, pools, timeouts); `tcp` is the L4 path; `admin` serves operators.
+//!
+//! [`Proxy`] owns the running listeners and the config [`snapshot::Snapshot`] in force, and swaps
+//! in a new one atomically: requests in flight finish on the snapshot they started with.
 
+pub mod admin;
+pub mod chain;
+pub mod cluster;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod snapshot;
+mod tcp;
+pub mod tls;
+pub mod upstream;
+
+use arc_swap::ArcSwap;
+use listener::RunningListener;
+use metrics::{Metrics, ResultLabels};
+use snapshot::Snapshot;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use weft_config::{Config, FieldError};
+
+/// State every connection and request reaches: the snapshot in force and the metrics.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A config the proxy refused; the config in force is unchanged.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct LoadError {
+    pub errors: Vec<FieldError>,
+}
+
+impl From<Vec<FieldError>> for LoadError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        LoadError { errors }
+    }
+}
+
+pub struct Proxy {
+    shared: Arc<Shared>,
+    /// Running listeners by name; the lock also serialises loads.
+    listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
+    /// Bound address per listener, readable without the lock (admin, `weft up`).
+    bound: std::sync::RwLock<HashMap<String, SocketAddr>>,
+    /// How long removed listeners may drain their connections.
+    drain_timeout: Duration,
+}
+
+impl Proxy {
+    /// A proxy with no config: it listens nowhere and is not ready until [`Proxy::apply`].
+    pub async fn new(drain_timeout: Duration) -> Arc<Proxy> {
+        let metrics = Metrics::new();
+        let empty = Snapshot::build(Config::default(), 0, &metrics)
+            .await
+            .unwrap_or_else(|_| unreachable!("an empty config always builds"));
+        Arc::new(Proxy {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(empty),
+                metrics,
+                next_connection: AtomicU64::new(1),
+            }),
+            listeners: Default::default(),
+            bound: Default::default(),
+            drain_timeout,
+        })
+    }
+
+    /// Loads `config` whole or not at all. Returns the new version. On error nothing changed.
+    pub async fn apply(&self, config: Config) -> Result<u64, LoadError> {
+        let result = self.apply_inner(config).await;
+        let label = ResultLabels {
+            result: if result.is_ok() { "ok" } else { "rejected" },
+        };
+        self.shared
+            .metrics
+            .config_reloads
+            .get_or_create(&label)
+            .inc();
+        result
+    }
+
+    async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {
+        let mut running = self.listeners.lock().await;
+        let version = self.shared.snapshot.load().version + 1;
+        let snapshot = Arc::new(Snapshot::build(config, version, &self.shared.metrics).await?);
+
+        // Bind what is new before touching anything, so a port in use refuses the config whole.
+        let mut fresh = HashMap::new();
+        let mut errors = Vec::new();
+        for (i, listener) in snapshot.config.listeners.iter().enumerate() {
+            if running
+                .get(&listener.name)
+                .is_some_and(|r| r.address == listener.address)
+            {
+                continue;
+            }
+            // Validation guarantees the address parses.
+            let address: SocketAddr = listener.address.parse().map_err(|_| {
+                vec![FieldError::new(
+                    format!("listeners[{i}].address"),
+                    "invalid",
+                )]
+            })?;
+            match listener::bind(address) {
+                Ok(socket) => {
+                    fresh.insert(listener.name.clone(), (listener.address.clone(), socket));
+                }
+                Err(e) => errors.push(FieldError::new(
+                    format!("listeners[{i}].address"),
+                    format!("cannot bind {address}: {e}"),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
+
+        self.shared.snapshot.store(snapshot.clone());
+        self.shared.metrics.config_version.set(version as i64);
+
+        let mut retired = Vec::new();
+        for (name, (address, socket)) in fresh {
+            let started = listener::spawn(&name, address, socket, self.shared.clone())
+                .map_err(|e| vec![FieldError::new(format!("listeners.{name}"), e.to_string())])?;
+            if let Some(old) = running.insert(name, started) {
+                retired.push(old);
+            }
+        }
+        let removed: Vec<String> = running
+            .keys()
+            .filter(|name| !snapshot.listeners.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            retired.extend(running.remove(&name));
+        }
+        for old in retired {
+            tracing::info!(address = %old.address, "listener removed from config; draining");
+            old.stop(self.drain_timeout);
+        }
+        *self.bound.write().unwrap_or_else(|e| e.into_inner()) =
+            running.iter().map(|(n, r)| (n.clone(), r.bound)).collect();
+        tracing::info!(version, digest = %snapshot.digest, listeners = running.len(), clusters = snapshot.clusters.len(), "config loaded");
+        Ok(version)
+    }
+
+    /// Stops accepting everywhere and waits (at most the drain timeout) for open connections.
+    pub async fn shutdown(&self) {
+        let mut running = self.listeners.lock().await;
+        let tasks: Vec<_> = running
+            .drain()
+            .map(|(_, listener)| listener.stop(self.drain_timeout))
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.snapshot.load().version > 0
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Where each listener is bound (useful with port 0).
+    pub fn bound_addresses(&self) -> HashMap<String, SocketAddr> {
+        self.bound.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The admin `/config` document.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let snapshot = self.snapshot();
+        serde_json::json!({
+            "version": snapshot.version,
+            "digest": snapshot.digest,
+            "listeners": self.bound_addresses(),
+            "config": snapshot.config,
+        })
+    }
+
+    /// The admin `/clusters` document.
+    pub fn clusters_dump(&self) -> serde_json::Value {
+        let snapshot = self.snapshot();
+        let mut clusters: Vec<_> = snapshot.clusters.values().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let clusters: Vec<_> = clusters
+            .into_iter()
+            .map(|cluster| {
+                serde_json::json!({
+                    "name": cluster.name.as_str(),
+                    "lb": cluster.config.lb,
+                    "protocol": cluster.config.protocol,
+                    "tls": cluster.config.tls.is_some(),
+                    "endpoints": cluster.endpoints.iter().map(|e| serde_json::json!({
+                        "endpoint": e.name,
+                        "address": e.address.to_string(),
+                        "health": "healthy",
+                        "in_flight": e.in_flight(),
+                        "requests": e.requests(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "clusters": clusters })
+    }
+}

@@ -1,1 +1,61 @@
-fn main() {}
+//! The `weft` binary: command-line parsing and wiring. The work happens in the library crates.
+
+mod cli;
+mod demo_upstream;
+mod logging;
+mod proxy_cmd;
+mod up;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Exit code for bad usage or an invalid config, as every weft command uses it.
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(&cli.log);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = cli.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Proxy(args) => proxy_cmd::run(args).await,
+            cli::Command::Up(args) => up::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err(Failure::Runtime(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a command failed, which decides the exit code.
+pub enum Failure {
+    /// Bad usage or invalid config: exit 2.
+    Invalid(String),
+    /// Anything else: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Runtime(error)
+    }
+}

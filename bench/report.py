@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Turns the raw measurements of bench/run into medians, a JSON file and a Markdown table."""
+
+import argparse
+import json
+import statistics
+import sys
+
+TESTS_TITLES = {
+    "h1": "HTTP/1.1 throughput, closed loop",
+    "h2": "HTTP/2 (h2c) throughput, closed loop",
+    "tls": "HTTPS throughput (HTTP/1.1 over TLS), closed loop",
+}
+
+
+def load_lines(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def reason_for(notes, target, test):
+    for n in notes:
+        if n["target"] == target and n["test"] in (test, "all"):
+            return n["reason"]
+    return None
+
+
+def summarize(meta, raw, notes):
+    targets = meta["settings"]["targets"]
+    summary = {"throughput": {}, "latency": {}, "idle": {}}
+
+    for test in ("h1", "h2", "tls"):
+        if test not in meta["settings"]["tests"]:
+            continue
+        per = {}
+        for t in targets:
+            recs = [r for r in raw if r["test"] == test and r["target"] == t]
+            good = [r for r in recs if not r.get("failed")]
+            if not good:
+                per[t] = {"rps": None, "reason": reason_for(notes, t, test)
+                          or ("every run failed" if recs else "not run")}
+                continue
+            if test == "h2":
+                rps = [r["rps"] for r in good]
+                errors = sum(r.get("errors", 0) for r in good)
+            else:
+                rps = [r["wrk"]["requests"] / r["wrk"]["duration_us"] * 1e6 for r in good]
+                errors = sum(r["wrk"]["errors"] for r in good)
+            per[t] = {
+                "rps": median(rps),
+                "rps_rounds": [round(x, 1) for x in rps],
+                "cpu_us_per_req": median([r.get("cpu_us_per_req") for r in good]),
+                "cpu_us_per_req_rounds": [r.get("cpu_us_per_req") for r in good],
+                "errors": errors,
+                "failed_runs": len(recs) - len(good),
+            }
+        for t, v in per.items():
+            for base in ("direct", "nginx"):
+                b = per.get(base, {}).get("rps")
+                v["vs_" + base] = (v["rps"] / b) if (v["rps"] and b) else None
+        summary["throughput"][test] = per
+
+    if "latency" in meta["settings"]["tests"]:
+        for rate in meta["settings"]["rates"]:
+            per = {}
+            for t in targets:
+                recs = [r for r in raw if r["test"] == "latency" and r["target"] == t and r["rate"] == rate]
+                good = [r["loadgen"] for r in recs if not r.get("failed")]
+                if not good:
+                    per[t] = {"reason": reason_for(notes, t, "latency")
+                              or ("every run failed" if recs else "not run")}
+                    continue
+                per[t] = {
+                    q: median([g["latency_us"][q] for g in good]) for q in ("p50", "p90", "p99", "p999", "max")
+                }
+                per[t]["rounds"] = [{q: g["latency_us"][q] for q in ("p50", "p99", "p999")} for g in good]
+                per[t]["errors"] = sum(g["errors"] for g in good)
+                per[t]["achieved_rps"] = median([g["achieved_rps"] for g in good])
+                per[t]["pacer_lag_p99_us"] = max(g["pacer_lag_us"]["p99"] for g in good)
+            d = per.get("direct", {})
+            for t, v in per.items():
+                for q in ("p50", "p99", "p999"):
+                    v["added_" + q] = (v[q] - d[q]) if (q in v and q in d) else None
+            summary["latency"][str(rate)] = per
+
+    if "idle" in meta["settings"]["tests"]:
+        for t in targets:
+            if t == "direct":
+                continue
+            recs = [r for r in raw if r["test"] == "idle" and r["target"] == t]
+            good = [r["loadgen"] for r in recs if not r.get("failed")]
+            if not good:
+                summary["idle"][t] = {"reason": reason_for(notes, t, "idle")
+                                      or ("the run failed" if recs else "not run")}
+                continue
+            summary["idle"][t] = {"cycles": good[0]["cycles"]}
+    return summary
+
+
+def fmt(x, nd=0, signed=False):
+    if x is None:
+        return "n/a"
+    s = f"{x:+,.{nd}f}" if signed else f"{x:,.{nd}f}"
+    return s
+
+
+def markdown(meta, summary, notes):
+    s = meta["settings"]
+    v = meta["versions"]
+    lines = []
+    lines.append(f"## Benchmark run {meta['date']}")
+    lines.append("")
+    lines.append(f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, Linux {meta['machine']['kernel']}. "
+                 f"Proxy on core {s['proxy_cpu']}, origin and load on core {s['load_cpu']}. "
+                 f"Medians of {s['rounds']} interleaved rounds. "
+                 f"Machine busy before start: {meta['machine'].get('busy_pct_before_start', 'n/a')}%.")
+    lines.append("")
+    lines.append(f"Versions: weft {v.get('weft')}, nginx {v.get('nginx')}, haproxy {v.get('haproxy')}, "
+                 f"wrk {v.get('wrk')}, h2load {v.get('h2load')}, OpenSSL {v.get('openssl')}.")
+    targets = s["targets"]
+
+    for test, per in summary["throughput"].items():
+        lines.append("")
+        if test == "h1":
+            how = f"wrk -t1 -c{s['conns']} -d{s['duration_s']}s"
+        elif test == "h2":
+            how = f"h2load -t1 -c{s['conns']} -m{s['h2_streams']} -D{s['aux_duration_s']}, prior knowledge"
+        else:
+            how = f"wrk -t1 -c{s['conns']} -d{s['aux_duration_s']}s over TLS, self-signed ECDSA P-256"
+        lines.append(f"### {TESTS_TITLES[test]} ({how})")
+        lines.append("")
+        lines.append("| target | req/s | vs direct | vs nginx | proxy CPU µs/req | errors |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for t in targets:
+            r = per.get(t, {})
+            if r.get("rps") is None:
+                lines.append(f"| {t} | n/a | | | | {r.get('reason', '')} |")
+                continue
+            cpu = "—" if t == "direct" else fmt(r["cpu_us_per_req"], 2)
+            lines.append(f"| {t} | {fmt(r['rps'])} | {fmt(r['vs_direct'], 2)} | {fmt(r['vs_nginx'], 2)} | {cpu} | {r['errors']} |")
+
+    if summary["latency"]:
+        lines.append("")
+        lines.append(f"### Latency at fixed rates (open loop, HTTP/1.1, {s['latency_conns']} connections, "
+                     f"{s['latency_duration_s']} s per run; µs from the intended send time)")
+        lines.append("")
+        lines.append("| target | rate | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | errors |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for rate, per in summary["latency"].items():
+            for t in targets:
+                r = per.get(t, {})
+                if "p50" not in r:
+                    lines.append(f"| {t} | {rate} | n/a | | | | | | {r.get('reason', '')} |")
+                    continue
+                added = ["—"] * 3 if t == "direct" else [fmt(r["added_" + q], 0, True) for q in ("p50", "p99", "p999")]
+                lines.append(f"| {t} | {rate} | {fmt(r['p50'])} | {fmt(r['p99'])} | {fmt(r['p999'])} | "
+                             f"{added[0]} | {added[1]} | {added[2]} | {r['errors']} |")
+        lags = [r["pacer_lag_p99_us"] for per in summary["latency"].values() for r in per.values()
+                if "pacer_lag_p99_us" in r]
+        if lags:
+            lines.append("")
+            lines.append(f"Generator check: its request release lagged the schedule by at most {max(lags):,.0f} µs "
+                         f"at p99 in any run (that lag is part of every target's latency, direct included). "
+                         f"Added = proxy median − direct median.")
+
+    if summary["idle"]:
+        lines.append("")
+        lines.append(f"### Memory per idle keep-alive connection ({s['idle_conns']} connections, each after one request)")
+        lines.append("")
+        hdr = " | ".join(f"cycle {i + 1} B/conn" for i in range(s["idle_cycles"]))
+        lines.append(f"| target | {hdr} | RSS before → open → closed, per cycle (MiB) | open / alive |")
+        lines.append("|---|" + "---:|" * s["idle_cycles"] + "---|---|")
+        for t in targets:
+            if t == "direct":
+                continue
+            r = summary["idle"].get(t, {})
+            if "cycles" not in r:
+                lines.append(f"| {t} | " + "n/a | " * s["idle_cycles"] + f"{r.get('reason', '')} | |")
+                continue
+            cyc = r["cycles"]
+            per = " | ".join(fmt(c["bytes_per_conn"]) for c in cyc)
+            mib = lambda b: f"{b / 1048576:.1f}"
+            rss = "; ".join(f"{mib(c['rss_before'])} → {mib(c['rss_open'])} → {mib(c['rss_after_close'])}" for c in cyc)
+            oa = "; ".join(f"{c['opened']} / {c['alive_at_measure']}" for c in cyc)
+            lines.append(f"| {t} | {per} | {rss} | {oa} |")
+
+    general = [n for n in notes if n["test"] == "all"]
+    if general:
+        lines.append("")
+        lines.append("Not measured: " + "; ".join(f"{n['target']}: {n['reason']}" for n in general) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--meta", required=True)
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--notes", required=True)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--markdown", required=True)
+    a = ap.parse_args()
+    meta = json.load(open(a.meta))
+    raw = load_lines(a.raw)
+    notes = load_lines(a.notes)
+    summary = summarize(meta, raw, notes)
+    md = markdown(meta, summary, notes)
+    with open(a.json, "w") as f:
+        json.dump(dict(meta, summary=summary, notes=notes, raw=raw), f, indent=1)
+        f.write("\n")
+    with open(a.markdown, "w") as f:
+        f.write(md)
+    sys.stdout.write("\n" + md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+//! Clusters: named groups of endpoints, each endpoint with its own connection pool, and the
+//! balancer that picks one per request.
+
+mod balancer;
+
+pub use balancer::hash_bytes;
+use balancer::Balancer;
+
+use crate::http::ProxyBody;
+use crate::metrics::{ClusterLabels, Metrics, Name};
+use crate::upstream::Connector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use weft_config::{FieldError, HashOn, UpstreamProtocol};
+
+pub type UpstreamClient = Client<Connector, ProxyBody>;
+
+/// One upstream address and its pool of connections.
+pub struct Endpoint {
+    /// As written in the config (`web-1.internal:8080`); hashed by the ring.
+    pub name: String,
+    pub address: SocketAddr,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// `None` only in unit tests of the balancers.
+    pub client: Option<UpstreamClient>,
+    pub connector: Option<Connector>,
+}
+
+/// Counts a request as in flight on its endpoint until dropped.
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Endpoint {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    #[cfg(test)]
+    pub fn for_test(name: &str) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            client: None,
+            connector: None,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub name: Name,
+    pub config: weft_config::Cluster,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub hash_on: HashOn,
+    /// `https` when the endpoints speak TLS; it is the `:scheme` upstream HTTP/2 sees.
+    pub scheme: http::uri::Scheme,
+    balancer: Balancer,
+}
+
+impl Cluster {
+    /// Resolves the endpoints and prepares their pools. No connection is made yet.
+    pub async fn build(
+        config: &weft_config::Cluster,
+        at: &str,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Cluster, FieldError> {
+        let name = Name::new(&config.name);
+        let labels = ClusterLabels {
+            cluster: name.clone(),
+        };
+        let active = metrics.upstream_active.get_or_create(&labels).clone();
+        let created = metrics.upstream_created.get_or_create(&labels).clone();
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for (j, written) in config.endpoints.iter().enumerate() {
+            let field = format!("{at}.endpoints[{j}]");
+            let address = resolve(written)
+                .await
+                .map_err(|reason| FieldError::new(&field, reason))?;
+            let host = written.rsplit_once(':').map_or(written.as_str(), |(h, _)| {
+                h.trim_start_matches('[').trim_end_matches(']')
+            });
+            let tls = match &config.tls {
+                Some(tls) => {
+                    let alpn: &[&[u8]] = match config.protocol {
+                        UpstreamProtocol::Http1 => &[b"http/1.1"],
+                        UpstreamProtocol::Http2 => &[b"h2", b"http/1.1"],
+                    };
+                    Some(crate::tls::client_config(
+                        tls,
+                        &format!("{at}.tls"),
+                        host,
+                        alpn,
+                    )?)
+                }
+                None => None,
+            };
+            let connector = Connector::new(
+                address,
+                tls,
+                config.connect_timeout.get(),
+                active.clone(),
+                created.clone(),
+            );
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(config.idle_timeout.get())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(config.protocol == UpstreamProtocol::Http2 && config.tls.is_none())
+                .build(connector.clone());
+            endpoints.push(Arc::new(Endpoint {
+                name: written.clone(),
+                address,
+                in_flight: AtomicUsize::new(0),
+                requests: AtomicU64::new(0),
+                client: Some(client),
+                connector: Some(connector),
+            }));
+        }
+        let balancer = Balancer::new(config.lb, &endpoints);
+        let scheme = if config.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        Ok(Cluster {
+            name,
+            config: config.clone(),
+            endpoints,
+            hash_on: config.hash_on(),
+            scheme,
+            balancer,
+        })
+    }
+
+    /// The endpoint for a request whose hash key (ring_hash only) is `hash`.
+    pub fn pick(&self, hash: u64) -> &Arc<Endpoint> {
+        &self.endpoints[self.balancer.pick(&self.endpoints, hash)]
+    }
+
+    pub fn uses_hash(&self) -> bool {
+        matches!(self.balancer, Balancer::RingHash(_))
+    }
+}
+
+/// `host:port` to a socket address; a name resolves to its first address.
+async fn resolve(written: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = written.parse() {
+        return Ok(address);
+    }
+    let mut addresses = tokio::net::lookup_host(written)
+        .await
+        .map_err(|e| format!("cannot resolve {written:?}: {e}"))?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{written:?} resolves to no address"))
+}

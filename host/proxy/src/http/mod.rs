@@ -1,0 +1,263 @@
+//! The HTTP request path: limits, request id, the filter chain, routing to a cluster, forwarding
+//! with proper proxy headers, and the way back (including protocol upgrades).
+
+mod body;
+mod exchange;
+mod headers;
+mod local_reply;
+
+pub use body::ProxyBody;
+pub use exchange::rfc3339;
+pub use local_reply::LocalReply;
+
+use crate::chain::{RequestDecisions, Verdict};
+use crate::cluster::{hash_bytes, Cluster};
+use crate::listener::Downstream;
+use crate::metrics::ListenerLabels;
+use crate::snapshot::{ListenerState, Snapshot};
+use crate::upstream::{self, UpstreamError};
+use crate::Shared;
+use exchange::{AccessLogFields, Exchange};
+use http::{header, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+impl From<UpstreamError> for LocalReply {
+    fn from(error: UpstreamError) -> LocalReply {
+        match error {
+            UpstreamError::Connect => LocalReply::UpstreamConnectFailure,
+            UpstreamError::Reset => LocalReply::UpstreamReset,
+            UpstreamError::Timeout => LocalReply::UpstreamTimeout,
+        }
+    }
+}
+
+/// Answers one request from a client connection.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<Downstream>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // The config in force now, unless this connection's listener is gone from it (it is draining).
+    let current = shared.snapshot.load_full();
+    let snapshot = if current.listeners.contains_key(conn.listener.as_str()) {
+        current
+    } else {
+        conn.accepted.clone()
+    };
+    let Some(listener) = snapshot.listeners.get(conn.listener.as_str()).cloned() else {
+        return Ok(LocalReply::NoRoute.into_response());
+    };
+
+    let mut exchange = Exchange {
+        metrics: shared.metrics.clone(),
+        started: Instant::now(),
+        listener: listener.name.clone(),
+        cluster: None,
+        status: 0,
+        upstream: None,
+        upstream_latency: None,
+        bytes_received: Default::default(),
+        bytes_sent: 0,
+        local_reply: None,
+        body_error: false,
+        in_flight: None,
+        log: None,
+    };
+    let response = match proxy(&snapshot, &listener, &conn, request, &mut exchange).await {
+        Ok(response) => response,
+        Err(reply) => {
+            exchange.local_reply = Some(reply.reason());
+            shared
+                .metrics
+                .local_replies
+                .get_or_create(&ListenerLabels {
+                    listener: listener.name.clone(),
+                })
+                .inc();
+            reply.into_response()
+        }
+    };
+    exchange.status = response.status().as_u16();
+    Ok(response.map(|body| body.finishing(exchange)))
+}
+
+async fn proxy(
+    snapshot: &Snapshot,
+    listener: &ListenerState,
+    conn: &Downstream,
+    mut request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    let limits = &listener.config.limits;
+    let headers = request.headers();
+    if headers.len() > limits.max_request_headers as usize
+        || headers::head_size(
+            headers,
+            request
+                .uri()
+                .path_and_query()
+                .map_or(0, |p| p.as_str().len()),
+        ) > limits.max_request_header_size.bytes() as usize
+    {
+        return Err(LocalReply::HeadersTooLarge);
+    }
+    if request.version() == Version::HTTP_11
+        && !request.headers().contains_key(header::HOST)
+        && request.uri().authority().is_none()
+    {
+        return Err(LocalReply::BadRequest("missing host header"));
+    }
+    let request_id = headers::ensure_request_id(request.headers_mut());
+    if listener.config.access_log {
+        exchange.log = Some(AccessLogFields {
+            wall_time: SystemTime::now(),
+            method: request.method().clone(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
+            version: request.version(),
+            request_id: request_id.clone(),
+            client: conn.peer,
+            authority: authority_of(&request).unwrap_or_default(),
+        });
+    }
+
+    let wants_upgrade =
+        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    let downstream_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+
+    let mut decisions = RequestDecisions::default();
+    if let Verdict::Respond(response) = listener
+        .chain
+        .on_request_headers(&mut parts, &mut decisions)
+    {
+        return Ok(response);
+    }
+    let cluster_name = decisions
+        .upstream_cluster
+        .or_else(|| listener.default_cluster.clone())
+        .ok_or(LocalReply::NoRoute)?;
+    let cluster = snapshot
+        .clusters
+        .get(cluster_name.as_str())
+        .ok_or(LocalReply::NoRoute)?;
+    exchange.cluster = Some(cluster.name.clone());
+
+    let endpoint = cluster.pick(request_hash(cluster, &parts, conn)).clone();
+    exchange.in_flight = Some(endpoint.start_request());
+    exchange.upstream = Some(endpoint.address);
+
+    headers::strip_hop_by_hop(&mut parts.headers, wants_upgrade);
+    // weft answers `Expect: 100-continue` itself: hyper sends the 100 when the body is first read,
+    // which happens once the upstream is connected and ready for it.
+    parts.headers.remove(header::EXPECT);
+    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls.is_some());
+    parts.uri = upstream_uri(cluster, &parts, &endpoint.name)?;
+    parts.version = Version::HTTP_11;
+
+    let body = ProxyBody::streamed(body).counted(exchange.bytes_received.clone());
+    let started = Instant::now();
+    let response = upstream::send(
+        &endpoint,
+        &cluster.name,
+        Request::from_parts(parts, body),
+        cluster.config.request_timeout.get(),
+        &exchange.metrics,
+    )
+    .await?;
+    exchange.upstream_latency = Some(started.elapsed());
+
+    let (mut parts, body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(downstream) = downstream_upgrade else {
+            return Err(LocalReply::UpstreamReset);
+        };
+        let mut upstream_response = Response::from_parts(parts.clone(), body);
+        let upstream = hyper::upgrade::on(&mut upstream_response);
+        tokio::spawn(tunnel(downstream, upstream));
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let Verdict::Respond(response) = listener.chain.on_response_headers(&mut parts) {
+        return Ok(response);
+    }
+    Ok(Response::from_parts(parts, ProxyBody::streamed(body)))
+}
+
+/// The client's authority: the URI's (HTTP/2, absolute-form) or the `Host` header.
+fn authority_of<B>(request: &Request<B>) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// The absolute URI the pool needs. It keeps the client's authority, so `Host`/`:authority`
+/// arrive upstream as the client sent them; the connection itself goes to the chosen endpoint.
+fn upstream_uri(
+    cluster: &Cluster,
+    parts: &http::request::Parts,
+    endpoint: &str,
+) -> Result<Uri, LocalReply> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or(endpoint);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme(cluster.scheme.clone())
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| LocalReply::BadRequest("invalid request target"))
+}
+
+/// The request's key on a ring_hash cluster: the configured header, else the client's IP.
+fn request_hash(cluster: &Cluster, parts: &http::request::Parts, conn: &Downstream) -> u64 {
+    if !cluster.uses_hash() {
+        return 0;
+    }
+    if let weft_config::HashOn::Header(name) = &cluster.hash_on {
+        if let Some(value) = parts.headers.get(name.as_str()) {
+            return hash_bytes(value.as_bytes());
+        }
+    }
+    match conn.peer.ip() {
+        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+    }
+}
+
+/// Joins a client and an upstream that agreed to switch protocols, byte for byte, until either ends.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(downstream, upstream) {
+        Ok((downstream, upstream)) => {
+            let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
+            if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+            {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+    }
+}

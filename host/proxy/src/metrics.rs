@@ -1,0 +1,210 @@
+//! The one metrics registry: every `weft_*` series the proxy exports on the admin `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// A cheaply cloned name (listener, cluster) used as a metric label without allocating.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Name(pub Arc<str>);
+
+impl Name {
+    pub fn new(name: &str) -> Self {
+        Name(Arc::from(name))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: Name,
+    pub cluster: Name,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: Name,
+    pub cluster: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub listener: Name,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub cluster: Name,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// All of the proxy's metrics. Outlives config reloads, so counters keep counting.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    pub request_bytes: Family<RouteLabels, Counter>,
+    pub response_bytes: Family<RouteLabels, Counter>,
+    pub local_replies: Family<ListenerLabels, Counter>,
+    pub downstream_active: Family<ListenerLabels, Gauge>,
+    pub downstream_total: Family<ListenerLabels, Counter>,
+    pub downstream_rejected: Family<RejectLabels, Counter>,
+    pub upstream_active: Family<ClusterLabels, Gauge>,
+    pub upstream_created: Family<ClusterLabels, Counter>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub tcp_bytes_received: Family<ListenerLabels, Counter>,
+    pub tcp_bytes_sent: Family<ListenerLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_version: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100µs .. ~26s, doubling.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("weft");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            local_replies: Family::default(),
+            downstream_active: Family::default(),
+            downstream_total: Family::default(),
+            downstream_rejected: Family::default(),
+            upstream_active: Family::default(),
+            upstream_created: Family::default(),
+            upstream_errors: Family::default(),
+            tcp_bytes_received: Family::default(),
+            tcp_bytes_sent: Family::default(),
+            config_reloads: Family::default(),
+            config_version: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests answered, by listener, cluster and status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "request_bytes",
+            "Request body bytes received from clients",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent to clients",
+            m.response_bytes.clone(),
+        );
+        registry.register(
+            "local_replies",
+            "Requests answered by the proxy itself (errors, no route)",
+            m.local_replies.clone(),
+        );
+        registry.register(
+            "downstream_connections_active",
+            "Client connections open now",
+            m.downstream_active.clone(),
+        );
+        registry.register(
+            "downstream_connections",
+            "Client connections accepted",
+            m.downstream_total.clone(),
+        );
+        registry.register(
+            "downstream_connections_rejected",
+            "Client connections closed at accept (limit) or in the TLS handshake",
+            m.downstream_rejected.clone(),
+        );
+        registry.register(
+            "upstream_connections_active",
+            "Connections to upstream endpoints open now",
+            m.upstream_active.clone(),
+        );
+        registry.register(
+            "upstream_connections_created",
+            "Connections made to upstream endpoints",
+            m.upstream_created.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by reason (connect, reset, timeout)",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "tcp_received_bytes",
+            "Bytes received from clients on tcp listeners",
+            m.tcp_bytes_received.clone(),
+        );
+        registry.register(
+            "tcp_sent_bytes",
+            "Bytes sent to clients on tcp listeners",
+            m.tcp_bytes_sent.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config loads by result (ok, rejected)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Version number of the config in force",
+            m.config_version.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,178 @@
+//! Opening connections to one endpoint: TCP (no Nagle), then TLS when the cluster asks for it,
+//! within the connect timeout. Each connection is counted while it lives.
+
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+#[derive(Clone)]
+pub struct Connector {
+    address: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    timeout: Duration,
+    active: Gauge,
+    created: Counter,
+}
+
+impl Connector {
+    pub fn new(
+        address: SocketAddr,
+        tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+        timeout: Duration,
+        active: Gauge,
+        created: Counter,
+    ) -> Self {
+        let tls = tls.map(|(config, name)| (TlsConnector::from(config), name));
+        Connector {
+            address,
+            tls,
+            timeout,
+            active,
+            created,
+        }
+    }
+
+    /// A connection to the endpoint, TLS if configured. Also used by the tcp path.
+    pub async fn connect(&self) -> io::Result<UpstreamStream> {
+        let attempt = async {
+            let tcp = TcpStream::connect(self.address).await?;
+            tcp.set_nodelay(true)?;
+            let stream = match &self.tls {
+                Some((connector, name)) => {
+                    Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
+                }
+                None => Stream::Plain(tcp),
+            };
+            Ok::<_, io::Error>(stream)
+        };
+        let stream = tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {} timed out", self.address),
+                )
+            })??;
+        self.created.inc();
+        self.active.inc();
+        Ok(UpstreamStream {
+            stream,
+            active: self.active.clone(),
+        })
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The URI is ignored: a connector belongs to one endpoint, the URI carries the client's authority.
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let connector = self.clone();
+        Box::pin(async move { connector.connect().await.map(TokioIo::new) })
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A live upstream connection; the active-connections gauge drops when it does.
+pub struct UpstreamStream {
+    stream: Stream,
+    active: Gauge,
+}
+
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match &self.stream {
+            Stream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                Connected::new().negotiated_h2()
+            }
+            _ => Connected::new(),
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

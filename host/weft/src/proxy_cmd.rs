@@ -1,0 +1,116 @@
+//! `weft proxy --config FILE`: a proxy from a static file, reloaded on SIGHUP and on change.
+
+use crate::cli::ProxyArgs;
+use crate::Failure;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+use weft_config::Config;
+use weft_proxy::Proxy;
+
+/// How often the config file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
+    let config = Config::load(&args.config).map_err(|e| Failure::Invalid(e.to_string()))?;
+    if args.check {
+        println!(
+            "{}: valid ({} listeners, {} clusters)",
+            args.config.display(),
+            config.listeners.len(),
+            config.clusters.len()
+        );
+        return Ok(());
+    }
+    let proxy = Proxy::new(args.drain_timeout.get()).await;
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot bind the admin API on {}", args.admin))?;
+    proxy.apply(config).await.map_err(|e| {
+        Failure::Invalid(
+            e.errors
+                .iter()
+                .map(|e| format!("{}: {e}", args.config.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
+    for (name, address) in sorted(proxy.bound_addresses()) {
+        tracing::info!(listener = %name, %address, "listening");
+    }
+    tracing::info!(admin = %args.admin, "admin API listening");
+    serve_until_stopped(proxy, &args.config).await
+}
+
+fn sorted(
+    map: std::collections::HashMap<String, std::net::SocketAddr>,
+) -> Vec<(String, std::net::SocketAddr)> {
+    let mut list: Vec<_> = map.into_iter().collect();
+    list.sort();
+    list
+}
+
+/// Reloads on SIGHUP or a changed file; drains and returns on SIGTERM or SIGINT.
+async fn serve_until_stopped(proxy: Arc<Proxy>, path: &Path) -> Result<(), Failure> {
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut watched = FileStamp::of(path);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading config");
+                watched = FileStamp::of(path);
+                reload(&proxy, path).await;
+            }
+            _ = tick.tick() => {
+                let now = FileStamp::of(path);
+                if now != watched {
+                    watched = now;
+                    tracing::info!(file = %path.display(), "config file changed: reloading");
+                    reload(&proxy, path).await;
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining open connections");
+    proxy.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn reload(proxy: &Proxy, path: &Path) {
+    let outcome = match Config::load(path) {
+        Ok(config) => proxy.apply(config).await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    match outcome {
+        Ok(version) => tracing::info!(version, "config reloaded"),
+        Err(errors) => {
+            tracing::error!(file = %path.display(), %errors, "config refused; the running config stays")
+        }
+    }
+}
+
+/// What tells a file changed without reading it: size, modification time, inode.
+#[derive(PartialEq, Eq)]
+struct FileStamp(Option<(u64, SystemTime, u64)>);
+
+impl FileStamp {
+    fn of(path: &Path) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp(std::fs::metadata(PathBuf::from(path)).ok().map(|m| {
+            (
+                m.len(),
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.ino(),
+            )
+        }))
+    }
+}
