@@ -28,6 +28,11 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def max_or_none(xs):
+    xs = [x for x in xs if x is not None]
+    return max(xs) if xs else None
+
+
 def reason_for(notes, target, test):
     for n in notes:
         if n["target"] == target and n["test"] in (test, "all"):
@@ -63,6 +68,8 @@ def summarize(meta, raw, notes):
                 "cpu_us_per_req_rounds": [r.get("cpu_us_per_req") for r in good],
                 "errors": errors,
                 "failed_runs": len(recs) - len(good),
+                "other_cpu_pct_max": max_or_none([r.get("other_cpu_pct") for r in good]),
+                "steal_pct_max": max_or_none([r.get("steal_pct") for r in good]),
             }
         for t, v in per.items():
             for base in ("direct", "nginx"):
@@ -87,6 +94,9 @@ def summarize(meta, raw, notes):
                 per[t]["errors"] = sum(g["errors"] for g in good)
                 per[t]["achieved_rps"] = median([g["achieved_rps"] for g in good])
                 per[t]["pacer_lag_p99_us"] = max(g["pacer_lag_us"]["p99"] for g in good)
+                ok_recs = [r for r in recs if not r.get("failed")]
+                per[t]["other_cpu_pct_max"] = max_or_none([r.get("other_cpu_pct") for r in ok_recs])
+                per[t]["steal_pct_max"] = max_or_none([r.get("steal_pct") for r in ok_recs])
             d = per.get("direct", {})
             for t, v in per.items():
                 for q in ("p50", "p99", "p999"):
@@ -139,32 +149,33 @@ def markdown(meta, summary, notes):
             how = f"wrk -t1 -c{s['conns']} -d{s['aux_duration_s']}s over TLS, self-signed ECDSA P-256"
         lines.append(f"### {TESTS_TITLES[test]} ({how})")
         lines.append("")
-        lines.append("| target | req/s | vs direct | vs nginx | proxy CPU µs/req | errors |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        lines.append("| target | req/s | vs direct | vs nginx | proxy CPU µs/req | errors | other CPU % |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             r = per.get(t, {})
             if r.get("rps") is None:
-                lines.append(f"| {t} | n/a | | | | {r.get('reason', '')} |")
+                lines.append(f"| {t} | n/a | | | | {r.get('reason', '')} | |")
                 continue
             cpu = "—" if t == "direct" else fmt(r["cpu_us_per_req"], 2)
-            lines.append(f"| {t} | {fmt(r['rps'])} | {fmt(r['vs_direct'], 2)} | {fmt(r['vs_nginx'], 2)} | {cpu} | {r['errors']} |")
+            lines.append(f"| {t} | {fmt(r['rps'])} | {fmt(r['vs_direct'], 2)} | {fmt(r['vs_nginx'], 2)} | {cpu} | {r['errors']} | "
+                         f"{fmt(r['other_cpu_pct_max'], 1)} |")
 
     if summary["latency"]:
         lines.append("")
         lines.append(f"### Latency at fixed rates (open loop, HTTP/1.1, {s['latency_conns']} connections, "
                      f"{s['latency_duration_s']} s per run; µs from the intended send time)")
         lines.append("")
-        lines.append("| target | rate | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | errors |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| target | rate | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | errors | other CPU % |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for rate, per in summary["latency"].items():
             for t in targets:
                 r = per.get(t, {})
                 if "p50" not in r:
-                    lines.append(f"| {t} | {rate} | n/a | | | | | | {r.get('reason', '')} |")
+                    lines.append(f"| {t} | {rate} | n/a | | | | | | {r.get('reason', '')} | |")
                     continue
                 added = ["—"] * 3 if t == "direct" else [fmt(r["added_" + q], 0, True) for q in ("p50", "p99", "p999")]
                 lines.append(f"| {t} | {rate} | {fmt(r['p50'])} | {fmt(r['p99'])} | {fmt(r['p999'])} | "
-                             f"{added[0]} | {added[1]} | {added[2]} | {r['errors']} |")
+                             f"{added[0]} | {added[1]} | {added[2]} | {r['errors']} | {fmt(r['other_cpu_pct_max'], 1)} |")
         lags = [r["pacer_lag_p99_us"] for per in summary["latency"].values() for r in per.values()
                 if "pacer_lag_p99_us" in r]
         if lags:
@@ -193,6 +204,18 @@ def markdown(meta, summary, notes):
             rss = "; ".join(f"{mib(c['rss_before'])} → {mib(c['rss_open'])} → {mib(c['rss_after_close'])}" for c in cyc)
             oa = "; ".join(f"{c['opened']} / {c['alive_at_measure']}" for c in cyc)
             lines.append(f"| {t} | {per} | {rss} | {oa} |")
+
+    others = [r.get("other_cpu_pct_max") for per in list(summary["throughput"].values()) + list(summary["latency"].values())
+              for r in per.values()]
+    others = [x for x in others if x is not None]
+    lines.append("")
+    lines.append("*other CPU %*: the largest share of the machine's CPU used by anything but the bench during "
+                 "any round of that row (the hypervisor's steal not included). Rows above a few percent were "
+                 "disturbed by other work: rerun on an idle machine.")
+    if others and max(others) > 5:
+        lines.append("")
+        lines.append(f"**Warning: other work used up to {max(others):.0f}% of the machine during this run; "
+                     "its numbers are not reliable.**")
 
     general = [n for n in notes if n["test"] == "all"]
     if general:
