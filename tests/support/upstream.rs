@@ -136,7 +136,7 @@ pub async fn echo_with(name: &'static str, tls: Option<Arc<rustls::ServerConfig>
         let mut response = Response::new(full(describe(name, request).await.to_string()));
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
         response.headers_mut().insert("x-upstream", name.parse().unwrap());
-        response.headers_mut().insert("connection", "keep-alive".parse().unwrap());
+        response.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
         response.headers_mut().insert("x-hop", "must not pass".parse().unwrap());
         response
     })
