@@ -71,6 +71,7 @@ pub async fn serve<IO>(
             "bytes_received": received,
             "bytes_sent": sent,
             "outcome": outcome,
+            "source_principal": conn.tls.as_ref().and_then(|t| t.peer_uri_san.clone()),
         });
         use std::io::Write;
         let _ = writeln!(std::io::stdout().lock(), "{line}");

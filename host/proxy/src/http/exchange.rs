@@ -37,6 +37,9 @@ pub struct AccessLogFields {
     pub request_id: HeaderValue,
     pub client: SocketAddr,
     pub authority: String,
+    /// The client certificate's URI SAN (mTLS listeners).
+    pub principal: Option<String>,
+    pub tls_version: Option<&'static str>,
 }
 
 static NO_CLUSTER: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::new("none"));
@@ -89,6 +92,8 @@ fn write_access_log(exchange: &Exchange, log: &AccessLogFields, elapsed: std::ti
         "bytes_received": exchange.bytes_received.load(Ordering::Relaxed),
         "bytes_sent": exchange.bytes_sent,
         "request_id": log.request_id.to_str().unwrap_or("-"),
+        "source_principal": log.principal,
+        "tls_version": log.tls_version,
         "error": exchange.local_reply,
         "aborted": exchange.body_error,
     });

@@ -124,6 +124,8 @@ async fn proxy(
             request_id: request_id.clone(),
             client: conn.peer,
             authority: authority_of(&request).unwrap_or_default(),
+            principal: conn.tls.as_ref().and_then(|t| t.peer_uri_san.clone()),
+            tls_version: conn.tls.as_ref().map(|t| t.version),
         });
     }
 
