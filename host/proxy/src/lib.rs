@@ -97,6 +97,11 @@ impl Proxy {
         result
     }
 
+    /// Counts a config refused before it reached [`Proxy::apply`] (it did not parse or validate).
+    pub fn count_rejected_config(&self) {
+        self.shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "rejected" }).inc();
+    }
+
     async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {
         let mut running = self.listeners.lock().await;
         let version = self.shared.snapshot.load().version + 1;

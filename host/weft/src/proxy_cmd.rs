@@ -88,7 +88,10 @@ async fn serve_until_stopped(proxy: Arc<Proxy>, path: &Path) -> Result<(), Failu
 async fn reload(proxy: &Proxy, path: &Path) {
     let outcome = match Config::load(path) {
         Ok(config) => proxy.apply(config).await.map_err(|e| e.to_string()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => {
+            proxy.count_rejected_config();
+            Err(error.to_string())
+        }
     };
     match outcome {
         Ok(version) => tracing::info!(version, "config reloaded"),

@@ -62,6 +62,10 @@ impl LocalReply {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert("x-weft-error", HeaderValue::from_static(reason));
+        if let LocalReply::BadRequest(_) = self {
+            // A client that sent a malformed request cannot be trusted to frame the next one.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
