@@ -12,7 +12,11 @@ use support::weft::{binary, metric};
 use support::{eventually, get, TempDir, Weft};
 
 fn config(cluster_endpoint: &str, extra_listener: bool) -> String {
-    let extra = if extra_listener { "  - name: extra\n    address: 127.0.0.1:0\n    cluster: web\n" } else { "" };
+    let extra = if extra_listener {
+        "  - name: extra\n    address: 127.0.0.1:0\n    cluster: web\n"
+    } else {
+        ""
+    };
     format!(
         r#"
 listeners:
@@ -41,19 +45,36 @@ async fn sighup_reloads_and_an_invalid_file_is_refused_while_the_old_config_serv
 
     weft.reload(&config(&b.endpoint(), true)).await;
     assert_eq!(upstream_name(&weft).await, "b");
-    assert_eq!(get(weft.addr("extra"), "/").await.status, 200, "a listener added by a reload serves");
+    assert_eq!(
+        get(weft.addr("extra"), "/").await.status,
+        200,
+        "a listener added by a reload serves"
+    );
     let version = weft.config_version().await;
 
     std::fs::write(&weft.config_path, config("127.0.0.1:99999", false)).unwrap();
     weft.signal("HUP");
     let admin = weft.admin;
     eventually("the refusal to be counted", || async move {
-        metric(&get(admin, "/metrics").await.body, "weft_config_reloads_total{result=\"rejected\"}").unwrap_or(0.0) >= 1.0
+        metric(
+            &get(admin, "/metrics").await.body,
+            "weft_config_reloads_total{result=\"rejected\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     })
     .await;
     let stderr = weft.stderr();
-    assert!(stderr.contains(r#"clusters[0].endpoints[0]: invalid address \"127.0.0.1:99999\""#) || stderr.contains(r#"clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#), "the log names the field:\n{stderr}");
-    assert_eq!(weft.config_version().await, version, "the running config stays");
+    assert!(
+        stderr.contains(r#"clusters[0].endpoints[0]: invalid address \"127.0.0.1:99999\""#)
+            || stderr.contains(r#"clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#),
+        "the log names the field:\n{stderr}"
+    );
+    assert_eq!(
+        weft.config_version().await,
+        version,
+        "the running config stays"
+    );
     assert_eq!(upstream_name(&weft).await, "b");
     assert_eq!(get(weft.addr("extra"), "/").await.status, 200);
 }
@@ -66,7 +87,8 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     std::fs::write(&weft.config_path, config(&b.endpoint(), false)).unwrap();
     let admin = weft.admin;
     eventually("the changed file to load", || async move {
-        let config: serde_json::Value = serde_json::from_str(&get(admin, "/config").await.body).unwrap_or_default();
+        let config: serde_json::Value =
+            serde_json::from_str(&get(admin, "/config").await.body).unwrap_or_default();
         config["version"].as_u64().unwrap_or(0) > before
     })
     .await;
@@ -105,15 +127,24 @@ async fn no_request_fails_across_reloads_under_load() {
     }
     for round in 0..6 {
         let target = if round % 2 == 0 { &b } else { &a };
-        weft.reload(&config(&target.endpoint(), round % 3 == 0)).await;
+        weft.reload(&config(&target.endpoint(), round % 3 == 0))
+            .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.notify_waiters();
     for client in clients {
         client.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed across 6 reloads");
-    assert!(ok.load(Ordering::SeqCst) > 20, "traffic flowed: {}", ok.load(Ordering::SeqCst));
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed across 6 reloads"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 20,
+        "traffic flowed: {}",
+        ok.load(Ordering::SeqCst)
+    );
     assert!(a.requests() > 0 && b.requests() > 0, "both configs served");
 }
 
@@ -123,13 +154,19 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut weft = Weft::start(&config(&web.endpoint(), false)).await;
     let addr = weft.addr("public");
     let in_flight = tokio::spawn(async move { get(addr, "/slow/800").await });
-    eventually("the slow request to reach the upstream", || async { web.requests() == 1 }).await;
+    eventually("the slow request to reach the upstream", || async {
+        web.requests() == 1
+    })
+    .await;
     weft.signal("TERM");
     let response = in_flight.await.unwrap();
     assert_eq!(response.status, 200, "the in-flight request finished");
     let status = weft.wait_exit().await;
     assert_eq!(status.code(), Some(0));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }
 
 #[tokio::test]
@@ -137,26 +174,55 @@ async fn a_bad_config_file_exits_2_naming_the_field() {
     let dir = TempDir::new("cli");
     let path = dir.join("bad.yaml");
     std::fs::write(&path, config("127.0.0.1:99999", false)).unwrap();
-    let output = tokio::process::Command::new(binary()).args(["proxy", "--config"]).arg(&path).output().await.unwrap();
+    let output = tokio::process::Command::new(binary())
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(&format!(r#"{}: clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#, path.display())),
+        stderr.contains(&format!(
+            r#"{}: clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#,
+            path.display()
+        )),
         "{stderr}"
     );
 
     std::fs::write(&path, "listeners:\n  - name: x\n    adress: 127.0.0.1:1\n").unwrap();
-    let output = tokio::process::Command::new(binary()).args(["proxy", "--check", "--config"]).arg(&path).output().await.unwrap();
+    let output = tokio::process::Command::new(binary())
+        .args(["proxy", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("listeners[0].adress: unknown field `adress`"));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("listeners[0].adress: unknown field `adress`"));
 
-    let output = tokio::process::Command::new(binary()).args(["proxy", "--config"]).arg(dir.join("missing.yaml")).output().await.unwrap();
+    let output = tokio::process::Command::new(binary())
+        .args(["proxy", "--config"])
+        .arg(dir.join("missing.yaml"))
+        .output()
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.yaml: cannot read"));
 
     std::fs::write(&path, config("127.0.0.1:8000", false)).unwrap();
-    let output = tokio::process::Command::new(binary()).args(["proxy", "--check", "--config"]).arg(&path).output().await.unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tokio::process::Command::new(binary())
+        .args(["proxy", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
@@ -167,7 +233,10 @@ async fn the_admin_api_shows_config_and_clusters() {
     let dump = weft.admin_json("/config").await;
     assert_eq!(dump["version"], 1);
     assert!(dump["digest"].as_str().unwrap().starts_with("sha256:"));
-    assert_eq!(dump["config"]["clusters"][0]["endpoints"][0], web.endpoint());
+    assert_eq!(
+        dump["config"]["clusters"][0]["endpoints"][0],
+        web.endpoint()
+    );
     assert_eq!(get(weft.addr("public"), "/").await.status, 200);
     let clusters = weft.admin_json("/clusters").await;
     let endpoint = &clusters["clusters"][0]["endpoints"][0];
@@ -175,4 +244,32 @@ async fn the_admin_api_shows_config_and_clusters() {
     assert_eq!(endpoint["health"], "healthy");
     assert_eq!(endpoint["requests"], 1);
     assert_eq!(get(weft.admin, "/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn every_example_config_is_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let dir = entry.unwrap().path();
+        for file in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let output = tokio::process::Command::new(binary())
+                    .args(["proxy", "--check", "--config"])
+                    .arg(&path)
+                    .output()
+                    .await
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "found the examples");
 }

@@ -99,7 +99,11 @@ impl Proxy {
 
     /// Counts a config refused before it reached [`Proxy::apply`] (it did not parse or validate).
     pub fn count_rejected_config(&self) {
-        self.shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "rejected" }).inc();
+        self.shared
+            .metrics
+            .config_reloads
+            .get_or_create(&ResultLabels { result: "rejected" })
+            .inc();
     }
 
     async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {

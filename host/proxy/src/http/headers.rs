@@ -19,7 +19,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             let named: Vec<HeaderName> = text
                 .split(',')
                 .map(|t| t.trim())
-                .filter(|t| !t.is_empty() && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+                .filter(|t| !t.is_empty())
+                .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
                 .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
                 .collect();
             for name in named {

@@ -45,7 +45,7 @@ pub async fn send(
     };
     let outcome = match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => return Ok(response),
-        Ok(Err(error)) if error.is_connect() => {
+        Ok(Err(error)) if error.is_connect() || is_tls_refusal(&error) => {
             tracing::debug!(endpoint = %endpoint.address, error = %error_chain(&error), "upstream connect failed");
             UpstreamError::Connect
         }
@@ -63,6 +63,23 @@ pub async fn send(
         })
         .inc();
     Err(outcome)
+}
+
+/// A TLS alert from the endpoint, such as TLS 1.3's late `certificate_required`: the handshake
+/// looked done to us, but the endpoint refused the connection. That is a connect failure.
+fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // io::Error hides the error it wraps from `source()`; look inside it too.
+        let wrapped = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if cause.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
