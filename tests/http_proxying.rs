@@ -429,3 +429,18 @@ async fn endpoints_may_be_dns_names() {
         200
     );
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let web = echo("web").await;
+    let weft = Weft::start(&simple_config(&format!("  - name: web\n    endpoints: [\"{}\"]\n    idle_timeout: 200ms\n", web.endpoint()))).await;
+    assert_eq!(support::get(weft.addr("public"), "/").await.status, 200);
+    let admin = weft.admin;
+    support::eventually("the idle upstream connection to close", || async move {
+        let metrics = support::get(admin, "/metrics").await.body;
+        support::weft::metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}") == Some(0.0)
+    })
+    .await;
+    assert_eq!(support::get(weft.addr("public"), "/").await.status, 200, "a new connection is made when needed");
+    assert_eq!(web.connections(), 2);
+}
