@@ -59,17 +59,10 @@ async fn http1_and_h2c_requests_reach_the_upstream_with_proxy_headers() {
         assert_eq!(headers["host"], "shop.example", "Host is kept");
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
-        assert_eq!(
-            headers["x-request-id"].as_str().unwrap().len(),
-            36,
-            "a request id is made"
-        );
+        assert_eq!(headers["x-request-id"].as_str().unwrap().len(), 36, "a request id is made");
         if protocol == "--http1.1" {
             // (HTTP/2 has no Connection header: curl does not send it there.)
-            assert!(
-                headers.get("x-private").is_none(),
-                "headers named by Connection stay on their hop"
-            );
+            assert!(headers.get("x-private").is_none(), "headers named by Connection stay on their hop");
         }
         assert!(headers.get("connection").is_none());
     }
@@ -77,16 +70,10 @@ async fn http1_and_h2c_requests_reach_the_upstream_with_proxy_headers() {
     // A client's own request id is kept, and responses lose their hop-by-hop headers too.
     let out = curl_ok(&["-i", "-H", "x-request-id: my-id-42", &url]).await;
     assert!(out.contains("\"x-request-id\":\"my-id-42\""), "{out}");
-    assert!(
-        !out.to_ascii_lowercase().contains("x-hop"),
-        "response hop header removed: {out}"
-    );
+    assert!(!out.to_ascii_lowercase().contains("x-hop"), "response hop header removed: {out}");
 
     let log = weft.access_log();
-    let line = log
-        .iter()
-        .find(|l| l["request_id"] == "my-id-42")
-        .expect("access log line for the request");
+    let line = log.iter().find(|l| l["request_id"] == "my-id-42").expect("access log line for the request");
     assert_eq!(line["status"], 200);
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/hello?x=1");
@@ -104,16 +91,11 @@ async fn bodies_stream_both_ways_without_being_buffered() {
     let upstream = upstream::serve(move |_request| {
         let release = release.clone();
         async move {
-            let (tx, rx) =
-                tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
             tokio::spawn(async move {
-                tx.send(Ok(Frame::data(Bytes::from("first;"))))
-                    .await
-                    .unwrap();
+                tx.send(Ok(Frame::data(Bytes::from("first;")))).await.unwrap();
                 release.notified().await;
-                tx.send(Ok(Frame::data(Bytes::from("second"))))
-                    .await
-                    .unwrap();
+                tx.send(Ok(Frame::data(Bytes::from("second")))).await.unwrap();
             });
             hyper::Response::new(StreamBody::new(tokio_stream_from(rx)).boxed())
         }
@@ -121,23 +103,14 @@ async fn bodies_stream_both_ways_without_being_buffered() {
     .await;
     let weft = Weft::start(&one_cluster(&[upstream.endpoint()])).await;
 
-    let stream = tokio::net::TcpStream::connect(weft.addr("public"))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let stream = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let request = http::Request::get("/stream")
-        .header("host", "x")
-        .body(full(""))
-        .unwrap();
+    let request = http::Request::get("/stream").header("host", "x").body(full("")).unwrap();
     let response = sender.send_request(request).await.unwrap();
     let mut body = response.into_body();
-    let first = tokio::time::timeout(support::PATIENCE, body.frame())
-        .await
-        .expect("first chunk while the upstream holds on");
+    let first =
+        tokio::time::timeout(support::PATIENCE, body.frame()).await.expect("first chunk while the upstream holds on");
     assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first;");
     first_seen.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
@@ -163,40 +136,24 @@ async fn bodies_stream_both_ways_without_being_buffered() {
     .await;
     let mut weft = weft;
     weft.reload(&one_cluster(&[upstream.endpoint()])).await;
-    let stream = tokio::net::TcpStream::connect(weft.addr("public"))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let stream = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
-    let request = http::Request::post("/upload")
-        .header("host", "x")
-        .body(StreamBody::new(tokio_stream_from(rx)))
-        .unwrap();
+    let request =
+        http::Request::post("/upload").header("host", "x").body(StreamBody::new(tokio_stream_from(rx))).unwrap();
     let responding = tokio::spawn(async move { sender.send_request(request).await });
-    tx.send(Ok(Frame::data(Bytes::from("part one;"))))
-        .await
-        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from("part one;")))).await.unwrap();
     tokio::time::timeout(support::PATIENCE, got_first.notified())
         .await
         .expect("upstream got the first part while the client holds on");
-    tx.send(Ok(Frame::data(Bytes::from("part two"))))
-        .await
-        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from("part two")))).await.unwrap();
     drop(tx);
     let response = responding.await.unwrap().unwrap();
-    assert_eq!(
-        response.into_body().collect().await.unwrap().to_bytes(),
-        "part one;part two"
-    );
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "part one;part two");
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -226,37 +183,17 @@ clusters:
     );
     let weft = Weft::start(&config).await;
 
-    let reply = support::grpc::say(weft.addr("grpc"), "hi")
-        .await
-        .expect("gRPC call through weft");
+    let reply = support::grpc::say(weft.addr("grpc"), "hi").await.expect("gRPC call through weft");
     assert_eq!(reply.message, "echo: hi");
-    assert_eq!(
-        reply.authority,
-        weft.addr("grpc").to_string(),
-        ":authority is kept"
-    );
-    let status = support::grpc::say(weft.addr("grpc"), "fail")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        status.code(),
-        tonic::Code::NotFound,
-        "grpc-status crosses the proxy"
-    );
+    assert_eq!(reply.authority, weft.addr("grpc").to_string(), ":authority is kept");
+    let status = support::grpc::say(weft.addr("grpc"), "fail").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "grpc-status crosses the proxy");
     assert_eq!(status.message(), "no such thing");
 
     // HTTP trailers over h2c, upstream HTTP/2 too.
-    let out = curl_ok(&[
-        "--http2-prior-knowledge",
-        "-i",
-        &weft.url("public", "/trailers"),
-    ])
-    .await;
+    let out = curl_ok(&["--http2-prior-knowledge", "-i", &weft.url("public", "/trailers")]).await;
     assert!(out.contains("with trailers"), "{out}");
-    assert!(
-        out.contains("x-checksum: abc123"),
-        "trailer is delivered: {out}"
-    );
+    assert!(out.contains("x-checksum: abc123"), "trailer is delivered: {out}");
 }
 
 #[tokio::test]
@@ -277,18 +214,13 @@ async fn websocket_upgrades_are_tunnelled() {
     })
     .await;
     let weft = Weft::start(&one_cluster(&[ws.endpoint()])).await;
-    let (mut socket, response) =
-        tokio_tungstenite::connect_async(format!("ws://{}/chat", weft.addr("public")))
-            .await
-            .expect("WebSocket through weft");
+    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", weft.addr("public")))
+        .await
+        .expect("WebSocket through weft");
     assert_eq!(response.status(), 101);
     for text in ["one", "two"] {
         socket.send(Message::text(text)).await.unwrap();
-        let reply = tokio::time::timeout(support::PATIENCE, socket.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let reply = tokio::time::timeout(support::PATIENCE, socket.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(reply.to_text().unwrap(), format!("echo {text}"));
     }
     socket.close(None).await.unwrap();
@@ -299,9 +231,7 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     let web = echo("web").await;
     let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(weft.addr("public"))
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
         .await
@@ -317,11 +247,7 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     stream.read_to_end(&mut rest).await.unwrap();
     let response = support::parse_raw(&rest);
     assert_eq!(response.status, 200);
-    assert!(
-        response.body.contains("\"body\":\"hello\""),
-        "{}",
-        response.body
-    );
+    assert!(response.body.contains("\"body\":\"hello\""), "{}", response.body);
 }
 
 #[tokio::test]
@@ -338,11 +264,7 @@ async fn round_robin_spreads_and_ring_hash_sticks() {
     for _ in 0..10 {
         curl_ok(&[&weft.url("public", "/")]).await;
     }
-    assert_eq!(
-        (a.requests(), b.requests()),
-        (5, 5),
-        "round robin alternates"
-    );
+    assert_eq!((a.requests(), b.requests()), (5, 5), "round robin alternates");
 
     // A second listener for the sticky cluster.
     let mut weft = weft;
@@ -363,19 +285,14 @@ clusters:
     );
     weft.reload(&config).await;
     for user in ["ann", "bob", "cyd", "dee"] {
-        let first: serde_json::Value = serde_json::from_str(
-            &curl_ok(&["-H", &format!("x-user: {user}"), &weft.url("public", "/")]).await,
-        )
-        .unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(&curl_ok(&["-H", &format!("x-user: {user}"), &weft.url("public", "/")]).await)
+                .unwrap();
         for _ in 0..5 {
-            let again: serde_json::Value = serde_json::from_str(
-                &curl_ok(&["-H", &format!("x-user: {user}"), &weft.url("public", "/")]).await,
-            )
-            .unwrap();
-            assert_eq!(
-                again["upstream"], first["upstream"],
-                "user {user} stays on one endpoint"
-            );
+            let again: serde_json::Value =
+                serde_json::from_str(&curl_ok(&["-H", &format!("x-user: {user}"), &weft.url("public", "/")]).await)
+                    .unwrap();
+            assert_eq!(again["upstream"], first["upstream"], "user {user} stays on one endpoint");
         }
     }
 }
@@ -389,30 +306,14 @@ async fn upstream_connections_are_pooled_and_reused() {
         assert_eq!(response.status, 200);
     }
     assert_eq!(web.requests(), 20);
-    assert_eq!(
-        web.connections(),
-        1,
-        "one keep-alive upstream connection serves every request"
-    );
+    assert_eq!(web.connections(), 1, "one keep-alive upstream connection serves every request");
     let metrics = weft.metrics().await;
+    assert_eq!(support::weft::metric(&metrics, "weft_upstream_connections_created_total{cluster=\"web\"}"), Some(1.0));
     assert_eq!(
-        support::weft::metric(
-            &metrics,
-            "weft_upstream_connections_created_total{cluster=\"web\"}"
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        support::weft::metric(
-            &metrics,
-            "weft_requests_total{listener=\"public\",cluster=\"web\",code=\"200\"}"
-        ),
+        support::weft::metric(&metrics, "weft_requests_total{listener=\"public\",cluster=\"web\",code=\"200\"}"),
         Some(20.0)
     );
-    assert!(
-        metrics.contains("weft_request_duration_seconds_bucket{"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("weft_request_duration_seconds_bucket{"), "{metrics}");
 }
 
 #[tokio::test]
@@ -420,12 +321,7 @@ async fn endpoints_may_be_dns_names() {
     let web = echo("web").await;
     let weft = Weft::start(&one_cluster(&[format!("localhost:{}", web.addr.port())])).await;
     assert_eq!(
-        raw_exchange(
-            weft.addr("public"),
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .await
-        .status,
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.status,
         200
     );
 }
@@ -433,7 +329,11 @@ async fn endpoints_may_be_dns_names() {
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let web = echo("web").await;
-    let weft = Weft::start(&simple_config(&format!("  - name: web\n    endpoints: [\"{}\"]\n    idle_timeout: 200ms\n", web.endpoint()))).await;
+    let weft = Weft::start(&simple_config(&format!(
+        "  - name: web\n    endpoints: [\"{}\"]\n    idle_timeout: 200ms\n",
+        web.endpoint()
+    )))
+    .await;
     assert_eq!(support::get(weft.addr("public"), "/").await.status, 200);
     let admin = weft.admin;
     support::eventually("the idle upstream connection to close", || async move {

@@ -50,28 +50,18 @@ clusters:
     for (listener, path, status, reason) in cases {
         let response = get(weft.addr(listener), path).await;
         assert_eq!(response.status, status, "{listener}: {response:?}");
-        assert_eq!(
-            response.header("x-weft-error").as_deref(),
-            Some(reason),
-            "{listener}"
-        );
+        assert_eq!(response.header("x-weft-error").as_deref(), Some(reason), "{listener}");
         assert_eq!(response.body.trim(), reason);
     }
     // A fast request on the same cluster is unaffected by the timeout.
     assert_eq!(get(weft.addr("slow"), "/slow/10").await.status, 200);
     let metrics = weft.metrics().await;
     assert_eq!(
-        support::weft::metric(
-            &metrics,
-            "weft_upstream_errors_total{cluster=\"slow\",reason=\"timeout\"}"
-        ),
+        support::weft::metric(&metrics, "weft_upstream_errors_total{cluster=\"slow\",reason=\"timeout\"}"),
         Some(1.0)
     );
     assert_eq!(
-        support::weft::metric(
-            &metrics,
-            "weft_requests_total{listener=\"nowhere\",cluster=\"none\",code=\"404\"}"
-        ),
+        support::weft::metric(&metrics, "weft_requests_total{listener=\"nowhere\",cluster=\"none\",code=\"404\"}"),
         Some(1.0)
     );
 }
@@ -94,11 +84,7 @@ clusters:
 #[tokio::test]
 async fn too_many_or_too_large_headers_get_431_and_never_reach_the_upstream() {
     let web = echo("web").await;
-    let weft = Weft::start(&limited(
-        &web.endpoint(),
-        "max_request_headers: 10, max_request_header_size: 2KiB",
-    ))
-    .await;
+    let weft = Weft::start(&limited(&web.endpoint(), "max_request_headers: 10, max_request_header_size: 2KiB")).await;
 
     let many: String = (0..12).map(|i| format!("x-h{i}: v\r\n")).collect();
     let response = raw_exchange(
@@ -107,35 +93,25 @@ async fn too_many_or_too_large_headers_get_431_and_never_reach_the_upstream() {
     )
     .await;
     assert_eq!(response.status, 431);
-    assert_eq!(
-        response.header("x-weft-error").as_deref(),
-        Some("headers too large")
-    );
+    assert_eq!(response.header("x-weft-error").as_deref(), Some("headers too large"));
 
     let big = "a".repeat(3000);
     let response = raw_exchange(
         weft.addr("public"),
-        format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     assert_eq!(response.status, 431);
 
     // Far past the limit, the HTTP parser itself refuses it; still a 431, still nothing upstream.
     let huge = "a".repeat(64 * 1024);
-    let response = raw_exchange(
-        weft.addr("public"),
-        format!("GET / HTTP/1.1\r\nHost: x\r\nx-huge: {huge}\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let response =
+        raw_exchange(weft.addr("public"), format!("GET / HTTP/1.1\r\nHost: x\r\nx-huge: {huge}\r\n\r\n").as_bytes())
+            .await;
     assert_eq!(response.status, 431);
 
     assert_eq!(web.requests(), 0, "nothing reached the upstream");
-    assert_eq!(
-        get(weft.addr("public"), "/").await.status,
-        200,
-        "a normal request still passes"
-    );
+    assert_eq!(get(weft.addr("public"), "/").await.status, 200, "a normal request still passes");
 }
 
 #[tokio::test]
@@ -150,12 +126,7 @@ async fn malformed_requests_get_400_and_never_reach_the_upstream() {
     ];
     for request in malformed {
         let response = raw_exchange(weft.addr("public"), request).await;
-        assert_eq!(
-            response.status,
-            400,
-            "{:?} -> {response:?}",
-            String::from_utf8_lossy(request)
-        );
+        assert_eq!(response.status, 400, "{:?} -> {response:?}", String::from_utf8_lossy(request));
     }
     assert_eq!(web.requests(), 0, "nothing reached the upstream");
 }
@@ -164,12 +135,8 @@ async fn malformed_requests_get_400_and_never_reach_the_upstream() {
 async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
     let web = echo("web").await;
     let weft = Weft::start(&limited(&web.endpoint(), "header_read_timeout: 300ms")).await;
-    let mut slow = tokio::net::TcpStream::connect(weft.addr("public"))
-        .await
-        .unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // Dribble a header line now and then, never finishing the head.
     let cut_off = async {
         let mut buffer = [0u8; 1024];
@@ -186,11 +153,7 @@ async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
     };
     assert!(cut_off.await, "the slow client's connection was closed");
     assert_eq!(web.requests(), 0);
-    assert_eq!(
-        get(weft.addr("public"), "/").await.status,
-        200,
-        "others are served"
-    );
+    assert_eq!(get(weft.addr("public"), "/").await.status, 200, "others are served");
 }
 
 #[tokio::test]
@@ -201,28 +164,17 @@ async fn connections_past_the_listener_limit_are_closed_at_accept() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut buffer = [0u8; 512];
         let n = stream.read(&mut buffer).await.unwrap();
-        assert!(
-            buffer[..n].starts_with(b"HTTP/1.1 200"),
-            "kept-alive connection served"
-        );
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"), "kept-alive connection served");
         held.push(stream);
     }
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut buffer = [0u8; 512];
-    let read = tokio::time::timeout(support::PATIENCE, third.read(&mut buffer))
-        .await
-        .expect("closed promptly");
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "the third connection is closed without an answer"
-    );
+    let read = tokio::time::timeout(support::PATIENCE, third.read(&mut buffer)).await.expect("closed promptly");
+    assert!(matches!(read, Ok(0) | Err(_)), "the third connection is closed without an answer");
     let metrics = weft.metrics().await;
     assert_eq!(
         support::weft::metric(
@@ -233,12 +185,9 @@ async fn connections_past_the_listener_limit_are_closed_at_accept() {
     );
     drop(held);
     support::eventually("a slot frees up", || async {
-        support::try_raw_exchange(
-            addr,
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .is_ok_and(|r| r.status == 200)
+        support::try_raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .is_ok_and(|r| r.status == 200)
     })
     .await;
 }

@@ -12,11 +12,7 @@ use support::weft::{binary, metric};
 use support::{eventually, get, TempDir, Weft};
 
 fn config(cluster_endpoint: &str, extra_listener: bool) -> String {
-    let extra = if extra_listener {
-        "  - name: extra\n    address: 127.0.0.1:0\n    cluster: web\n"
-    } else {
-        ""
-    };
+    let extra = if extra_listener { "  - name: extra\n    address: 127.0.0.1:0\n    cluster: web\n" } else { "" };
     format!(
         r#"
 listeners:
@@ -45,22 +41,14 @@ async fn sighup_reloads_and_an_invalid_file_is_refused_while_the_old_config_serv
 
     weft.reload(&config(&b.endpoint(), true)).await;
     assert_eq!(upstream_name(&weft).await, "b");
-    assert_eq!(
-        get(weft.addr("extra"), "/").await.status,
-        200,
-        "a listener added by a reload serves"
-    );
+    assert_eq!(get(weft.addr("extra"), "/").await.status, 200, "a listener added by a reload serves");
     let version = weft.config_version().await;
 
     std::fs::write(&weft.config_path, config("127.0.0.1:99999", false)).unwrap();
     weft.signal("HUP");
     let admin = weft.admin;
     eventually("the refusal to be counted", || async move {
-        metric(
-            &get(admin, "/metrics").await.body,
-            "weft_config_reloads_total{result=\"rejected\"}",
-        )
-        .unwrap_or(0.0)
+        metric(&get(admin, "/metrics").await.body, "weft_config_reloads_total{result=\"rejected\"}").unwrap_or(0.0)
             >= 1.0
     })
     .await;
@@ -70,11 +58,7 @@ async fn sighup_reloads_and_an_invalid_file_is_refused_while_the_old_config_serv
             || stderr.contains(r#"clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#),
         "the log names the field:\n{stderr}"
     );
-    assert_eq!(
-        weft.config_version().await,
-        version,
-        "the running config stays"
-    );
+    assert_eq!(weft.config_version().await, version, "the running config stays");
     assert_eq!(upstream_name(&weft).await, "b");
     assert_eq!(get(weft.addr("extra"), "/").await.status, 200);
 }
@@ -87,8 +71,7 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     std::fs::write(&weft.config_path, config(&b.endpoint(), false)).unwrap();
     let admin = weft.admin;
     eventually("the changed file to load", || async move {
-        let config: serde_json::Value =
-            serde_json::from_str(&get(admin, "/config").await.body).unwrap_or_default();
+        let config: serde_json::Value = serde_json::from_str(&get(admin, "/config").await.body).unwrap_or_default();
         config["version"].as_u64().unwrap_or(0) > before
     })
     .await;
@@ -107,7 +90,8 @@ async fn no_request_fails_across_reloads_under_load() {
         let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
             tokio::spawn(conn);
             // Client 0 also sends slow requests, so reloads happen while they are in flight.
             let path = if client == 0 { "/slow/150" } else { "/" };
@@ -127,24 +111,15 @@ async fn no_request_fails_across_reloads_under_load() {
     }
     for round in 0..6 {
         let target = if round % 2 == 0 { &b } else { &a };
-        weft.reload(&config(&target.endpoint(), round % 3 == 0))
-            .await;
+        weft.reload(&config(&target.endpoint(), round % 3 == 0)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.notify_waiters();
     for client in clients {
         client.await.unwrap();
     }
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "no request failed across 6 reloads"
-    );
-    assert!(
-        ok.load(Ordering::SeqCst) > 20,
-        "traffic flowed: {}",
-        ok.load(Ordering::SeqCst)
-    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed across 6 reloads");
+    assert!(ok.load(Ordering::SeqCst) > 20, "traffic flowed: {}", ok.load(Ordering::SeqCst));
     assert!(a.requests() > 0 && b.requests() > 0, "both configs served");
 }
 
@@ -154,19 +129,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut weft = Weft::start(&config(&web.endpoint(), false)).await;
     let addr = weft.addr("public");
     let in_flight = tokio::spawn(async move { get(addr, "/slow/800").await });
-    eventually("the slow request to reach the upstream", || async {
-        web.requests() == 1
-    })
-    .await;
+    eventually("the slow request to reach the upstream", || async { web.requests() == 1 }).await;
     weft.signal("TERM");
     let response = in_flight.await.unwrap();
     assert_eq!(response.status, 200, "the in-flight request finished");
     let status = weft.wait_exit().await;
     assert_eq!(status.code(), Some(0));
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
 #[tokio::test]
@@ -174,19 +143,11 @@ async fn a_bad_config_file_exits_2_naming_the_field() {
     let dir = TempDir::new("cli");
     let path = dir.join("bad.yaml");
     std::fs::write(&path, config("127.0.0.1:99999", false)).unwrap();
-    let output = tokio::process::Command::new(binary())
-        .args(["proxy", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let output = tokio::process::Command::new(binary()).args(["proxy", "--config"]).arg(&path).output().await.unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(&format!(
-            r#"{}: clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#,
-            path.display()
-        )),
+        stderr.contains(&format!(r#"{}: clusters[0].endpoints[0]: invalid address "127.0.0.1:99999""#, path.display())),
         "{stderr}"
     );
 
@@ -198,8 +159,7 @@ async fn a_bad_config_file_exits_2_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr)
-        .contains("listeners[0].adress: unknown field `adress`"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listeners[0].adress: unknown field `adress`"));
 
     let output = tokio::process::Command::new(binary())
         .args(["proxy", "--config"])
@@ -217,12 +177,7 @@ async fn a_bad_config_file_exits_2_naming_the_field() {
         .output()
         .await
         .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[tokio::test]
@@ -233,10 +188,7 @@ async fn the_admin_api_shows_config_and_clusters() {
     let dump = weft.admin_json("/config").await;
     assert_eq!(dump["version"], 1);
     assert!(dump["digest"].as_str().unwrap().starts_with("sha256:"));
-    assert_eq!(
-        dump["config"]["clusters"][0]["endpoints"][0],
-        web.endpoint()
-    );
+    assert_eq!(dump["config"]["clusters"][0]["endpoints"][0], web.endpoint());
     assert_eq!(get(weft.addr("public"), "/").await.status, 200);
     let clusters = weft.admin_json("/clusters").await;
     let endpoint = &clusters["clusters"][0]["endpoints"][0];
@@ -261,12 +213,7 @@ async fn every_example_config_is_valid() {
                     .output()
                     .await
                     .unwrap();
-                assert!(
-                    output.status.success(),
-                    "{}: {}",
-                    path.display(),
-                    String::from_utf8_lossy(&output.stderr)
-                );
+                assert!(output.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
                 checked += 1;
             }
         }

@@ -29,13 +29,8 @@ async fn curl_strs(args: &[String]) -> std::process::Output {
 }
 
 fn rejected_tls(metrics: &str, listener: &str) -> f64 {
-    metric(
-        metrics,
-        &format!(
-            "weft_downstream_connections_rejected_total{{listener=\"{listener}\",reason=\"tls\"}}"
-        ),
-    )
-    .unwrap_or(0.0)
+    metric(metrics, &format!("weft_downstream_connections_rejected_total{{listener=\"{listener}\",reason=\"tls\"}}"))
+        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -70,35 +65,20 @@ clusters:
         args.extend([flag.to_string(), "-w".into(), "\n%{http_version}".into()]);
         let out = curl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let (body, version) = out.rsplit_once('\n').unwrap();
-        assert_eq!(
-            version, expected,
-            "curl {flag} gets HTTP/{expected} by ALPN"
-        );
+        assert_eq!(version, expected, "curl {flag} gets HTTP/{expected} by ALPN");
         let seen: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(seen["path"], "/hello");
-        assert_eq!(
-            seen["headers"]["x-forwarded-proto"], "https",
-            "the upstream learns the client used TLS"
-        );
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "the upstream learns the client used TLS");
     }
 
     let log = weft.access_log();
     assert_eq!(log.len(), 2, "{log:?}");
-    let protocols: Vec<_> = log
-        .iter()
-        .map(|l| l["protocol"].as_str().unwrap().to_string())
-        .collect();
+    let protocols: Vec<_> = log.iter().map(|l| l["protocol"].as_str().unwrap().to_string()).collect();
     assert_eq!(protocols, ["HTTP/2.0", "HTTP/1.1"]);
     for line in &log {
         assert_eq!(line["status"], 200);
-        assert!(
-            line["tls_version"].as_str().unwrap().starts_with("TLSv1."),
-            "{line}"
-        );
-        assert!(
-            line["source_principal"].is_null(),
-            "no client certificate, no principal: {line}"
-        );
+        assert!(line["tls_version"].as_str().unwrap().starts_with("TLSv1."), "{line}");
+        assert!(line["source_principal"].is_null(), "no client certificate, no principal: {line}");
     }
 }
 
@@ -146,29 +126,16 @@ clusters:
     let seen: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(seen["path"], "/who");
     let log = weft.access_log();
-    let line = log
-        .iter()
-        .find(|l| l["request_id"] == "with-cert")
-        .expect("access log line");
+    let line = log.iter().find(|l| l["request_id"] == "with-cert").expect("access log line");
     assert_eq!(line["status"], 200);
     assert_eq!(line["source_principal"], FRONTEND);
-    assert!(
-        line["tls_version"].as_str().unwrap().starts_with("TLSv1."),
-        "{line}"
-    );
+    assert!(line["tls_version"].as_str().unwrap().starts_with("TLSv1."), "{line}");
     assert_eq!(rejected_tls(&weft.metrics().await, "mesh"), 0.0);
 
     // Without a certificate: the handshake fails, no HTTP response at all.
     let output = curl_strs(&https_args(&ca, addr, "/who")).await;
-    assert!(
-        !output.status.success(),
-        "curl without a client certificate must fail"
-    );
-    assert!(
-        output.stdout.is_empty(),
-        "no response: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert!(!output.status.success(), "curl without a client certificate must fail");
+    assert!(output.stdout.is_empty(), "no response: {}", String::from_utf8_lossy(&output.stdout));
     let admin = weft.admin;
     eventually("the refused handshake to be counted", || async move {
         rejected_tls(&get(admin, "/metrics").await.body, "mesh") == 1.0
@@ -184,31 +151,15 @@ clusters:
         intruder.key.to_str().unwrap().into(),
     ]);
     let output = curl_strs(&args).await;
-    assert!(
-        !output.status.success(),
-        "curl with a foreign client certificate must fail"
-    );
-    assert!(
-        output.stdout.is_empty(),
-        "no response: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    eventually(
-        "the second refused handshake to be counted",
-        || async move { rejected_tls(&get(admin, "/metrics").await.body, "mesh") == 2.0 },
-    )
+    assert!(!output.status.success(), "curl with a foreign client certificate must fail");
+    assert!(output.stdout.is_empty(), "no response: {}", String::from_utf8_lossy(&output.stdout));
+    eventually("the second refused handshake to be counted", || async move {
+        rejected_tls(&get(admin, "/metrics").await.body, "mesh") == 2.0
+    })
     .await;
 
-    assert_eq!(
-        web.requests(),
-        1,
-        "only the authenticated request reached the upstream"
-    );
-    assert_eq!(
-        weft.access_log().len(),
-        1,
-        "refused connections make no request log lines"
-    );
+    assert_eq!(web.requests(), 1, "only the authenticated request reached the upstream");
+    assert_eq!(weft.access_log().len(), 1, "refused connections make no request log lines");
 }
 
 #[tokio::test]
@@ -251,15 +202,8 @@ clusters:
 
     let response = get(weft.addr("mistrusting"), "/over-tls").await;
     assert_eq!(response.status, 502, "{response:?}");
-    assert_eq!(
-        response.header("x-weft-error").as_deref(),
-        Some("upstream connect failure")
-    );
-    assert_eq!(
-        secure.requests(),
-        1,
-        "the unverified upstream got no request"
-    );
+    assert_eq!(response.header("x-weft-error").as_deref(), Some("upstream connect failure"));
+    assert_eq!(secure.requests(), 1, "the unverified upstream got no request");
 }
 
 /// An upstream that requires client certificates from the test CA, and weft in front of it with
@@ -268,11 +212,7 @@ async fn mtls_upstream_and_weft() -> (support::upstream::Upstream, Weft) {
     let dir = TempDir::new("upstream-mtls");
     let ca = Ca::new(dir.path(), "test");
     let upstream_cert = ca.server(dir.path(), "upstream", &[]);
-    ca.client(
-        dir.path(),
-        "weft-client",
-        "spiffe://weft.local/ns/default/sa/weft",
-    );
+    ca.client(dir.path(), "weft-client", "spiffe://weft.local/ns/default/sa/weft");
     let strict = echo_with("strict", Some(upstream_cert.server_config(Some(&ca), &[]))).await;
     let config = format!(
         r#"
@@ -313,17 +253,8 @@ async fn upstream_mtls_presents_the_cluster_certificate() {
 
     let response = get(weft.addr("without_cert"), "/mutual").await;
     assert_eq!(response.status, 502, "{response:?}");
-    assert!(
-        response
-            .header("x-weft-error")
-            .is_some_and(|e| e.starts_with("upstream ")),
-        "{response:?}"
-    );
-    assert_eq!(
-        strict.requests(),
-        1,
-        "the upstream served only the authenticated proxy"
-    );
+    assert!(response.header("x-weft-error").is_some_and(|e| e.starts_with("upstream ")), "{response:?}");
+    assert_eq!(strict.requests(), 1, "the upstream served only the authenticated proxy");
 }
 
 #[tokio::test]
@@ -338,10 +269,7 @@ async fn upstream_mtls_refusal_is_a_connect_failure() {
     );
     let metrics = weft.metrics().await;
     assert_eq!(
-        metric(
-            &metrics,
-            "weft_upstream_errors_total{cluster=\"without_cert\",reason=\"connect\"}"
-        ),
+        metric(&metrics, "weft_upstream_errors_total{cluster=\"without_cert\",reason=\"connect\"}"),
         Some(1.0),
         "{metrics}"
     );
@@ -352,11 +280,7 @@ async fn upstream_http2_is_negotiated_by_alpn() {
     let dir = TempDir::new("upstream-h2");
     let ca = Ca::new(dir.path(), "test");
     let upstream_cert = ca.server(dir.path(), "upstream", &[]);
-    let both = echo_with(
-        "both",
-        Some(upstream_cert.server_config(None, &[b"h2", b"http/1.1"])),
-    )
-    .await;
+    let both = echo_with("both", Some(upstream_cert.server_config(None, &[b"h2", b"http/1.1"]))).await;
     let config = format!(
         r#"
 listeners:
@@ -400,31 +324,18 @@ clusters:
 
 /// Writes each message and reads it back on one connection, then closes the sending side and
 /// expects a clean end. Returns the bytes sent (the same number came back).
-async fn echo_round_trips<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    messages: &[Vec<u8>],
-) -> u64 {
+async fn echo_round_trips<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, messages: &[Vec<u8>]) -> u64 {
     let mut total = 0;
     for message in messages {
         stream.write_all(message).await.unwrap();
         let mut back = vec![0; message.len()];
-        tokio::time::timeout(PATIENCE, stream.read_exact(&mut back))
-            .await
-            .expect("the echo in time")
-            .unwrap();
-        assert!(
-            back == *message,
-            "the echo differs from what was sent ({} bytes)",
-            message.len()
-        );
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut back)).await.expect("the echo in time").unwrap();
+        assert!(back == *message, "the echo differs from what was sent ({} bytes)", message.len());
         total += message.len() as u64;
     }
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
-        .await
-        .expect("the close in time")
-        .unwrap();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await.expect("the close in time").unwrap();
     assert!(rest.is_empty(), "nothing more after the close: {rest:?}");
     total
 }
@@ -460,45 +371,27 @@ clusters:
     let weft = Weft::start_in(dir, &config).await;
 
     // Plain: several messages on one connection, then a second connection.
-    let first: Vec<Vec<u8>> = ["hello", "through", "weft\n"]
-        .iter()
-        .map(|m| m.as_bytes().to_vec())
-        .collect();
-    let stream = tokio::net::TcpStream::connect(weft.addr("raw"))
-        .await
-        .unwrap();
+    let first: Vec<Vec<u8>> = ["hello", "through", "weft\n"].iter().map(|m| m.as_bytes().to_vec()).collect();
+    let stream = tokio::net::TcpStream::connect(weft.addr("raw")).await.unwrap();
     assert_eq!(echo_round_trips(stream, &first).await, 17);
     let second = vec![b"again".to_vec(), vec![7u8; 4096]];
-    let stream = tokio::net::TcpStream::connect(weft.addr("raw"))
-        .await
-        .unwrap();
+    let stream = tokio::net::TcpStream::connect(weft.addr("raw")).await.unwrap();
     assert_eq!(echo_round_trips(stream, &second).await, 4101);
 
     // TLS terminated by weft, plain to the upstream.
     let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[]));
-    let tcp = tokio::net::TcpStream::connect(weft.addr("raw_tls"))
+    let tcp = tokio::net::TcpStream::connect(weft.addr("raw_tls")).await.unwrap();
+    let tls = tokio::time::timeout(PATIENCE, connector.connect("localhost".try_into().unwrap(), tcp))
         .await
-        .unwrap();
-    let tls = tokio::time::timeout(
-        PATIENCE,
-        connector.connect("localhost".try_into().unwrap(), tcp),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("TLS handshake with the tcp listener");
-    let secret = vec![
-        b"secret bytes".to_vec(),
-        (0..=255u8).cycle().take(16 * 1024).collect(),
-    ];
+        .expect("handshake in time")
+        .expect("TLS handshake with the tcp listener");
+    let secret = vec![b"secret bytes".to_vec(), (0..=255u8).cycle().take(16 * 1024).collect()];
     assert_eq!(echo_round_trips(tls, &secret).await, 12 + 16 * 1024);
     assert_eq!(upstream.connections(), 3);
 
     // One access log line per connection, with the bytes each way.
     let lines_for = |listener: &str| -> Vec<serde_json::Value> {
-        weft.access_log()
-            .into_iter()
-            .filter(|l| l["listener"] == listener)
-            .collect()
+        weft.access_log().into_iter().filter(|l| l["listener"] == listener).collect()
     };
     eventually("a log line for each tcp connection", || {
         let ready = lines_for("raw").len() == 2 && lines_for("raw_tls").len() == 1;
@@ -507,21 +400,12 @@ clusters:
     .await;
     let mut bytes: Vec<(u64, u64)> = lines_for("raw")
         .iter()
-        .map(|l| {
-            (
-                l["bytes_received"].as_u64().unwrap(),
-                l["bytes_sent"].as_u64().unwrap(),
-            )
-        })
+        .map(|l| (l["bytes_received"].as_u64().unwrap(), l["bytes_sent"].as_u64().unwrap()))
         .collect();
     bytes.sort();
     assert_eq!(bytes, [(17, 17), (4101, 4101)]);
     let line = &lines_for("raw_tls")[0];
-    assert_eq!(
-        line["bytes_received"],
-        12 + 16 * 1024,
-        "plaintext bytes are counted: {line}"
-    );
+    assert_eq!(line["bytes_received"], 12 + 16 * 1024, "plaintext bytes are counted: {line}");
     assert_eq!(line["bytes_sent"], 12 + 16 * 1024, "{line}");
     for line in weft.access_log() {
         assert_eq!(line["cluster"], "echo");
@@ -529,9 +413,5 @@ clusters:
         assert_eq!(line["outcome"], "closed", "{line}");
     }
     let metrics = weft.metrics().await;
-    assert_eq!(
-        metric(&metrics, "weft_tcp_received_bytes_total{listener=\"raw\"}"),
-        Some(4118.0),
-        "{metrics}"
-    );
+    assert_eq!(metric(&metrics, "weft_tcp_received_bytes_total{listener=\"raw\"}"), Some(4118.0), "{metrics}");
 }

@@ -18,9 +18,7 @@ pub struct Issued {
 impl Ca {
     pub fn new(dir: &Path, name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
+        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let cert_path = dir.join(format!("{name}-ca.pem"));
@@ -33,21 +31,15 @@ impl Ca {
         let mut sans: Vec<String> = vec!["localhost".into()];
         sans.extend(names.iter().map(|n| n.to_string()));
         let mut params = CertificateParams::new(sans).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, "localhost");
         self.issue(params, dir, file)
     }
 
     /// A client certificate whose identity is the URI SAN `uri` (a SPIFFE ID, say).
     pub fn client(&self, dir: &Path, file: &str, uri: &str) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::URI(uri.try_into().unwrap()));
+        params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
         params.distinguished_name.push(DnType::CommonName, file);
         self.issue(params, dir, file)
     }
@@ -55,10 +47,7 @@ impl Ca {
     fn issue(&self, params: CertificateParams, dir: &Path, file: &str) -> Issued {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let issued = Issued {
-            cert: dir.join(format!("{file}.pem")),
-            key: dir.join(format!("{file}.key")),
-        };
+        let issued = Issued { cert: dir.join(format!("{file}.pem")), key: dir.join(format!("{file}.key")) };
         std::fs::write(&issued.cert, cert.pem()).unwrap();
         std::fs::write(&issued.key, key.serialize_pem()).unwrap();
         issued
@@ -71,10 +60,7 @@ fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 
 fn read_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
 fn read_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
@@ -107,14 +93,9 @@ impl Ca {
 impl Issued {
     /// A TLS server config (ring provider) presenting this certificate and offering `alpn`;
     /// with `client_ca`, clients must show a certificate that CA signed.
-    pub fn server_config(
-        &self,
-        client_ca: Option<&Ca>,
-        alpn: &[&[u8]],
-    ) -> std::sync::Arc<rustls::ServerConfig> {
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap();
+    pub fn server_config(&self, client_ca: Option<&Ca>, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ServerConfig> {
+        let builder =
+            rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
         let builder = match client_ca {
             Some(ca) => {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -127,9 +108,7 @@ impl Issued {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder
-            .with_single_cert(read_certs(&self.cert), read_key(&self.key))
-            .unwrap();
+        let mut config = builder.with_single_cert(read_certs(&self.cert), read_key(&self.key)).unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         std::sync::Arc::new(config)
     }

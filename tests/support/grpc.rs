@@ -45,10 +45,7 @@ impl UnaryService<SayRequest> for Say {
             if message == "fail" {
                 return Err(tonic::Status::not_found("no such thing"));
             }
-            Ok(tonic::Response::new(SayReply {
-                message: format!("echo: {message}"),
-                authority,
-            }))
+            Ok(tonic::Response::new(SayReply { message: format!("echo: {message}"), authority }))
         })
     }
 }
@@ -58,10 +55,7 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Infallible>;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -70,11 +64,7 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
             if request.uri().path() != SAY {
                 return Ok(tonic::Status::unimplemented("unknown method").into_http());
             }
-            let authority = request
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let authority = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
             Ok(grpc.unary(Say { authority }, request).await)
         })
@@ -98,10 +88,7 @@ pub async fn server() -> GrpcServer {
     let addr = listener.local_addr().unwrap();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(Echo)
-            .serve_with_incoming(incoming)
-            .await;
+        let _ = tonic::transport::Server::builder().add_service(Echo).serve_with_incoming(incoming).await;
     });
     GrpcServer { addr, task }
 }
@@ -114,17 +101,9 @@ pub async fn say(addr: SocketAddr, message: &str) -> Result<SayReply, tonic::Sta
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = tonic::client::Grpc::new(channel);
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("{e}")))?;
+    client.ready().await.map_err(|e| tonic::Status::unavailable(format!("{e}")))?;
     let path = http::uri::PathAndQuery::from_static(SAY);
-    let request = tonic::Request::new(SayRequest {
-        message: message.into(),
-    });
+    let request = tonic::Request::new(SayRequest { message: message.into() });
     let codec = tonic_prost::ProstCodec::<SayRequest, SayReply>::default();
-    client
-        .unary(request, path, codec)
-        .await
-        .map(|r| r.into_inner())
+    client.unary(request, path, codec).await.map(|r| r.into_inner())
 }

@@ -51,11 +51,7 @@ impl Drop for TempDir {
 
 /// A port nobody listens on right now (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Runs curl with a time limit; panics with a hint when curl is missing.
@@ -72,11 +68,7 @@ pub async fn curl(args: &[&str]) -> Output {
 /// curl's stdout as text, asserting curl itself succeeded.
 pub async fn curl_ok(args: &[&str]) -> String {
     let output = curl(args).await;
-    assert!(
-        output.status.success(),
-        "curl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -93,18 +85,14 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|line| {
             let (k, v) = line.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
 }
 
 /// Sends raw bytes on a fresh connection and reads until the server closes it.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
-    try_raw_exchange(addr, request)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    try_raw_exchange(addr, request).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
 /// Like [`raw_exchange`], but a refused connection is an error rather than a failed test.
@@ -112,35 +100,20 @@ pub async fn try_raw_exchange(addr: SocketAddr, request: &[u8]) -> std::io::Resu
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(request).await.expect("write");
     let mut bytes = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes))
-        .await
-        .expect("response in time")
-        .ok();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes)).await.expect("response in time").ok();
     Ok(parse_raw(&bytes))
 }
 
 pub fn parse_raw(bytes: &[u8]) -> RawResponse {
     let text = String::from_utf8_lossy(bytes).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    RawResponse {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    RawResponse { status, head: head.to_string(), body: body.to_string() }
 }
 
 /// `GET path` with `Connection: close`.
 pub async fn get(addr: SocketAddr, path: &str) -> RawResponse {
-    raw_exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
+    raw_exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes()).await
 }
 
 /// Polls `check` until it returns true, failing the test after [`PATIENCE`].
@@ -151,10 +124,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

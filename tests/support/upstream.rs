@@ -82,48 +82,28 @@ where
                 let builder = auto::Builder::new(TokioExecutor::new());
                 match tls {
                     None => {
-                        let _ = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .await;
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
                     }
                     Some(config) => {
-                        if let Ok(tls) =
-                            tokio_rustls::TlsAcceptor::from(config).accept(stream).await
-                        {
-                            let _ = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                .await;
+                        if let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await;
                         }
                     }
                 }
             });
         }
     });
-    Upstream {
-        addr,
-        connections,
-        requests,
-        task,
-    }
+    Upstream { addr, connections, requests, task }
 }
 
 /// What [`echo`] answers: the request as the upstream received it.
 pub async fn describe(name: &str, request: Request<Incoming>) -> serde_json::Value {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
         .collect();
     serde_json::json!({
         "upstream": name,
@@ -151,27 +131,16 @@ pub async fn echo_with(name: &'static str, tls: Option<Arc<rustls::ServerConfig>
         if path == "/trailers" {
             let mut trailers = http::HeaderMap::new();
             trailers.insert("x-checksum", "abc123".parse().unwrap());
-            let frames = vec![
-                Ok::<_, Infallible>(Frame::data(Bytes::from("with trailers"))),
-                Ok(Frame::trailers(trailers)),
-            ];
+            let frames =
+                vec![Ok::<_, Infallible>(Frame::data(Bytes::from("with trailers"))), Ok(Frame::trailers(trailers))];
             return Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
         }
-        let status = path
-            .strip_prefix("/status/")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
+        let status = path.strip_prefix("/status/").and_then(|s| s.parse().ok()).unwrap_or(200);
         let mut response = Response::new(full(describe(name, request).await.to_string()));
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-        response
-            .headers_mut()
-            .insert("x-upstream", name.parse().unwrap());
-        response
-            .headers_mut()
-            .insert("connection", "keep-alive, x-hop".parse().unwrap());
-        response
-            .headers_mut()
-            .insert("x-hop", "must not pass".parse().unwrap());
+        response.headers_mut().insert("x-upstream", name.parse().unwrap());
+        response.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
+        response.headers_mut().insert("x-hop", "must not pass".parse().unwrap());
         response
     })
     .await
@@ -215,12 +184,7 @@ where
             tokio::spawn(handle(stream));
         }
     });
-    Upstream {
-        addr,
-        connections,
-        requests: Arc::new(AtomicUsize::new(0)),
-        task,
-    }
+    Upstream { addr, connections, requests: Arc::new(AtomicUsize::new(0)), task }
 }
 
 /// An address where nothing listens.

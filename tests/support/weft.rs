@@ -36,49 +36,26 @@ impl Weft {
         let child = Command::new(binary())
             .args(["proxy", "--config"])
             .arg(&config_path)
-            .args([
-                "--admin",
-                &admin.to_string(),
-                "--drain-timeout",
-                "5s",
-                "--log-level",
-                "info,weft_proxy=debug",
-            ])
+            .args(["--admin", &admin.to_string(), "--drain-timeout", "5s", "--log-level", "info,weft_proxy=debug"])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).unwrap())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("start weft");
-        let mut weft = Weft {
-            child: Some(child),
-            dir,
-            admin,
-            config_path,
-            stdout_path,
-            stderr_path,
-            listeners: HashMap::new(),
-        };
+        let mut weft =
+            Weft { child: Some(child), dir, admin, config_path, stdout_path, stderr_path, listeners: HashMap::new() };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(status) = weft.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "weft exited with {status} before it was ready:\n{}",
-                    weft.stderr()
-                );
+                panic!("weft exited with {status} before it was ready:\n{}", weft.stderr());
             }
-            let probe = super::try_raw_exchange(
-                admin,
-                b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-            )
-            .await;
+            let probe =
+                super::try_raw_exchange(admin, b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                    .await;
             if probe.is_ok_and(|r| r.status == 200) {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "weft not ready in time:\n{}",
-                weft.stderr()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "weft not ready in time:\n{}", weft.stderr());
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
         weft.refresh_listeners().await;
@@ -86,8 +63,7 @@ impl Weft {
     }
 
     async fn refresh_listeners(&mut self) {
-        let config: serde_json::Value =
-            serde_json::from_str(&get(self.admin, "/config").await.body).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&get(self.admin, "/config").await.body).unwrap();
         self.listeners = config["listeners"]
             .as_object()
             .unwrap()
@@ -98,10 +74,7 @@ impl Weft {
 
     /// Where listener `name` is bound.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        *self
-            .listeners
-            .get(name)
-            .unwrap_or_else(|| panic!("no listener {name:?}: {:?}", self.listeners))
+        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name:?}: {:?}", self.listeners))
     }
 
     /// `http://ADDR` of listener `name`.
@@ -120,9 +93,7 @@ impl Weft {
     }
 
     pub async fn config_version(&self) -> u64 {
-        self.admin_json("/config").await["version"]
-            .as_u64()
-            .unwrap()
+        self.admin_json("/config").await["version"].as_u64().unwrap()
     }
 
     /// Replaces the config file and sends SIGHUP; waits until a new version is in force.
@@ -132,8 +103,7 @@ impl Weft {
         self.signal("HUP");
         let admin = self.admin;
         eventually("the new config to load", || async move {
-            let config: serde_json::Value =
-                serde_json::from_str(&get(admin, "/config").await.body).unwrap_or_default();
+            let config: serde_json::Value = serde_json::from_str(&get(admin, "/config").await.body).unwrap_or_default();
             config["version"].as_u64().unwrap_or(0) > before
         })
         .await;
@@ -142,10 +112,7 @@ impl Weft {
 
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
         assert!(status.success());
     }
 
@@ -156,11 +123,7 @@ impl Weft {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "weft did not exit:\n{}",
-                self.stderr()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "weft did not exit:\n{}", self.stderr());
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
     }
@@ -193,12 +156,5 @@ impl Drop for Weft {
 
 /// A metric's value from Prometheus text, by its full series text (`name{labels}`).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .trim()
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().split(' ').next()?.parse().ok())
 }

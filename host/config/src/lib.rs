@@ -24,10 +24,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        FieldError { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -45,15 +42,9 @@ impl fmt::Display for FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}", render_invalid(file.as_deref(), errors))]
-    Invalid {
-        file: Option<PathBuf>,
-        errors: Vec<FieldError>,
-    },
+    Invalid { file: Option<PathBuf>, errors: Vec<FieldError> },
 }
 
 impl ConfigError {
@@ -67,14 +58,8 @@ impl ConfigError {
 }
 
 fn render_invalid(file: Option<&Path>, errors: &[FieldError]) -> String {
-    let prefix = file
-        .map(|f| format!("{}: ", f.display()))
-        .unwrap_or_default();
-    errors
-        .iter()
-        .map(|e| format!("{prefix}{e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let prefix = file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
+    errors.iter().map(|e| format!("{prefix}{e}")).collect::<Vec<_>>().join("\n")
 }
 
 /// The text format of a config document.
@@ -97,10 +82,7 @@ impl Format {
 impl Config {
     /// Parses and validates a document. Relative file paths inside stay as written.
     pub fn parse(text: &str, format: Format) -> Result<Config, ConfigError> {
-        let config = parse_document(text, format).map_err(|e| ConfigError::Invalid {
-            file: None,
-            errors: vec![e],
-        })?;
+        let config = parse_document(text, format).map_err(|e| ConfigError::Invalid { file: None, errors: vec![e] })?;
         let errors = validate::validate(&config);
         if errors.is_empty() {
             Ok(config)
@@ -111,15 +93,10 @@ impl Config {
 
     /// Reads, parses and validates a file; relative paths inside it are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config = Config::parse(&text, Format::of_path(path)).map_err(|e| match e {
-            ConfigError::Invalid { errors, .. } => ConfigError::Invalid {
-                file: Some(path.to_owned()),
-                errors,
-            },
+            ConfigError::Invalid { errors, .. } => ConfigError::Invalid { file: Some(path.to_owned()), errors },
             other => other,
         })?;
         if let Some(base) = path.parent() {
@@ -146,10 +123,7 @@ impl Config {
         }
         for cluster in &mut self.clusters {
             if let Some(tls) = &mut cluster.tls {
-                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
-                    .into_iter()
-                    .flatten()
-                {
+                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
                     fix(p);
                 }
             }
@@ -183,18 +157,14 @@ fn parse_document(text: &str, format: Format) -> Result<Config, FieldError> {
     let result = match format {
         Format::Yaml => serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
             .map_err(|e| (e.path().to_string(), e.into_inner().to_string())),
-        Format::Json => {
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-                .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
-        }
+        Format::Json => serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+            .map_err(|e| (e.path().to_string(), e.into_inner().to_string())),
     };
     result.map_err(|(path, reason)| {
         let path = if path == "." { String::new() } else { path };
         // serde_yaml prefixes its messages with the enclosing mapping's path; ours is more precise.
         let reason = match reason.split_once(": ") {
-            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => {
-                rest.to_string()
-            }
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_string(),
             _ => reason,
         };
         FieldError::new(path, reason)

@@ -219,10 +219,7 @@ pub struct FilterLimits {
 
 impl Default for FilterLimits {
     fn default() -> Self {
-        FilterLimits {
-            memory: ByteSize::mib(32),
-            time_per_call: Duration::from_millis(20),
-        }
+        FilterLimits { memory: ByteSize::mib(32), time_per_call: Duration::from_millis(20) }
     }
 }
 
@@ -237,13 +234,9 @@ pub enum HashOn {
 impl HashOn {
     pub fn parse(text: &str) -> Result<HashOn, String> {
         match text.split_once(':') {
-            Some(("header", name)) if !name.trim().is_empty() => {
-                Ok(HashOn::Header(name.trim().to_ascii_lowercase()))
-            }
+            Some(("header", name)) if !name.trim().is_empty() => Ok(HashOn::Header(name.trim().to_ascii_lowercase())),
             None if text == "source_ip" => Ok(HashOn::SourceIp),
-            _ => Err(format!(
-                "invalid {text:?}: expected header:NAME or source_ip"
-            )),
+            _ => Err(format!("invalid {text:?}: expected header:NAME or source_ip")),
         }
     }
 }
@@ -251,9 +244,6 @@ impl HashOn {
 impl Cluster {
     /// The parsed `hash_on`, `source_ip` when unset. Validation guarantees it parses.
     pub fn hash_on(&self) -> HashOn {
-        self.hash_on
-            .as_deref()
-            .and_then(|t| HashOn::parse(t).ok())
-            .unwrap_or(HashOn::SourceIp)
+        self.hash_on.as_deref().and_then(|t| HashOn::parse(t).ok()).unwrap_or(HashOn::SourceIp)
     }
 }

@@ -38,9 +38,7 @@ fn a_bad_port_names_the_endpoint() {
     let errors = errors_of(&GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999"));
     assert_eq!(
         errors,
-        vec![
-            r#"clusters[0].endpoints[0]: invalid address "127.0.0.1:99999": port 99999 is out of range 1-65535"#
-        ]
+        vec![r#"clusters[0].endpoints[0]: invalid address "127.0.0.1:99999": port 99999 is out of range 1-65535"#]
     );
 }
 
@@ -48,31 +46,19 @@ fn a_bad_port_names_the_endpoint() {
 fn unknown_fields_are_errors_with_their_path() {
     let errors = errors_of(&GOOD.replace("    cluster: web", "    cluster: web\n    colour: blue"));
     assert_eq!(errors.len(), 1);
-    assert!(
-        errors[0].starts_with("listeners[0].colour: unknown field `colour`"),
-        "{}",
-        errors[0]
-    );
+    assert!(errors[0].starts_with("listeners[0].colour: unknown field `colour`"), "{}", errors[0]);
 }
 
 #[test]
 fn a_bad_enum_value_names_the_field() {
     let errors = errors_of(&GOOD.replace("lb: ring_hash", "lb: fastest"));
-    assert!(
-        errors[0].starts_with("clusters[0].lb: unknown variant `fastest`"),
-        "{}",
-        errors[0]
-    );
+    assert!(errors[0].starts_with("clusters[0].lb: unknown variant `fastest`"), "{}", errors[0]);
 }
 
 #[test]
 fn a_bad_duration_names_the_field() {
     let errors = errors_of(&GOOD.replace("250ms", "soon"));
-    assert!(
-        errors[0].starts_with(r#"clusters[0].connect_timeout: invalid duration "soon""#),
-        "{}",
-        errors[0]
-    );
+    assert!(errors[0].starts_with(r#"clusters[0].connect_timeout: invalid duration "soon""#), "{}", errors[0]);
 }
 
 #[test]
@@ -100,34 +86,12 @@ clusters:
   - { name: c, endpoints: [], hash_on: source_ip }
 "#;
     let errors = errors_of(yaml);
-    assert!(
-        errors.contains(&r#"listeners[1].name: "a" is already used by another entry"#.to_string()),
-        "{errors:?}"
-    );
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with(r#"listeners[0].address: invalid address "nope""#)),
-        "{errors:?}"
-    );
-    assert!(
-        errors.contains(&"listeners[0].tls: required when protocol is https".to_string()),
-        "{errors:?}"
-    );
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with("listeners[1].cluster: required when protocol is tcp")),
-        "{errors:?}"
-    );
-    assert!(
-        errors.contains(&"clusters[0].endpoints: must list at least one host:port".to_string()),
-        "{errors:?}"
-    );
-    assert!(
-        errors.contains(&"clusters[0].hash_on: only used with lb: ring_hash".to_string()),
-        "{errors:?}"
-    );
+    assert!(errors.contains(&r#"listeners[1].name: "a" is already used by another entry"#.to_string()), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with(r#"listeners[0].address: invalid address "nope""#)), "{errors:?}");
+    assert!(errors.contains(&"listeners[0].tls: required when protocol is https".to_string()), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("listeners[1].cluster: required when protocol is tcp")), "{errors:?}");
+    assert!(errors.contains(&"clusters[0].endpoints: must list at least one host:port".to_string()), "{errors:?}");
+    assert!(errors.contains(&"clusters[0].hash_on: only used with lb: ring_hash".to_string()), "{errors:?}");
 }
 
 #[test]
@@ -139,16 +103,12 @@ listeners:
 clusters:
   - { name: c, endpoints: ["127.0.0.1:1"] }
 "#;
-    assert_eq!(
-        errors_of(yaml),
-        vec!["listeners[1].address: 127.0.0.1:8080 is used by another listener"]
-    );
+    assert_eq!(errors_of(yaml), vec!["listeners[1].address: 127.0.0.1:8080 is used by another listener"]);
 }
 
 #[test]
 fn json_documents_parse_too() {
-    let json =
-        r#"{"clusters": [{"name": "c", "endpoints": ["127.0.0.1:1"], "idle_timeout": "5m"}]}"#;
+    let json = r#"{"clusters": [{"name": "c", "endpoints": ["127.0.0.1:1"], "idle_timeout": "5m"}]}"#;
     let config = Config::parse(json, Format::Json).unwrap();
     assert_eq!(config.clusters[0].idle_timeout, Duration::from_secs(300));
 }
@@ -165,13 +125,7 @@ fn load_prefixes_errors_with_the_file_and_resolves_paths() {
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999")).unwrap();
     let message = Config::load(&bad).unwrap_err().to_string();
-    assert!(
-        message.starts_with(&format!(
-            "{}: clusters[0].endpoints[0]: invalid address",
-            bad.display()
-        )),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("{}: clusters[0].endpoints[0]: invalid address", bad.display())), "{message}");
 
     let good = dir.join("good.yaml");
     let with_tls = GOOD.replace(

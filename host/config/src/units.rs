@@ -23,13 +23,10 @@ impl Duration {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("invalid duration {text:?}: expected a number with a unit (ms, s, m, h), e.g. 250ms or 5s")
-        };
+        let bad =
+            || format!("invalid duration {text:?}: expected a number with a unit (ms, s, m, h), e.g. 250ms or 5s");
         let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
         let (number, unit) = trimmed.split_at(split);
         let number: f64 = number.parse().map_err(|_| bad())?;
         let seconds_per_unit = match unit.trim() {
@@ -94,13 +91,10 @@ impl ByteSize {
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("invalid size {text:?}: expected bytes with an optional unit (B, KiB, MiB, GiB), e.g. 64KiB")
-        };
+        let bad =
+            || format!("invalid size {text:?}: expected bytes with an optional unit (B, KiB, MiB, GiB), e.g. 64KiB");
         let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
+        let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
         let (number, unit) = trimmed.split_at(split);
         let number: u64 = number.parse().map_err(|_| bad())?;
         let multiplier: u64 = match unit.trim() {
@@ -159,15 +153,9 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(
-            "250ms".parse::<Duration>().unwrap(),
-            Duration::from_millis(250)
-        );
+        assert_eq!("250ms".parse::<Duration>().unwrap(), Duration::from_millis(250));
         assert_eq!("1s".parse::<Duration>().unwrap(), Duration::from_secs(1));
-        assert_eq!(
-            "1.5s".parse::<Duration>().unwrap(),
-            Duration::from_millis(1500)
-        );
+        assert_eq!("1.5s".parse::<Duration>().unwrap(), Duration::from_millis(1500));
         assert_eq!("5m".parse::<Duration>().unwrap(), Duration::from_secs(300));
         assert_eq!("2h".parse::<Duration>().unwrap(), Duration::from_secs(7200));
     }

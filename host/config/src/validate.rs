@@ -7,21 +7,9 @@ use std::net::SocketAddr;
 
 pub fn validate(config: &Config) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let cluster_names = unique_names(
-        config.clusters.iter().map(|c| c.name.as_str()),
-        "clusters",
-        &mut errors,
-    );
-    let filter_names = unique_names(
-        config.filters.iter().map(|f| f.name.as_str()),
-        "filters",
-        &mut errors,
-    );
-    unique_names(
-        config.listeners.iter().map(|l| l.name.as_str()),
-        "listeners",
-        &mut errors,
-    );
+    let cluster_names = unique_names(config.clusters.iter().map(|c| c.name.as_str()), "clusters", &mut errors);
+    let filter_names = unique_names(config.filters.iter().map(|f| f.name.as_str()), "filters", &mut errors);
+    unique_names(config.listeners.iter().map(|l| l.name.as_str()), "listeners", &mut errors);
 
     let mut addresses = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -29,10 +17,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         validate_listener(listener, &at, &cluster_names, &filter_names, &mut errors);
         if let Ok(addr) = listener.address.parse::<SocketAddr>() {
             if addr.port() != 0 && !addresses.insert(addr) {
-                errors.push(FieldError::new(
-                    format!("{at}.address"),
-                    format!("{addr} is used by another listener"),
-                ));
+                errors.push(FieldError::new(format!("{at}.address"), format!("{addr} is used by another listener")));
             }
         }
     }
@@ -41,22 +26,14 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     }
     for (i, filter) in config.filters.iter().enumerate() {
         if filter.module.trim().is_empty() {
-            errors.push(FieldError::new(
-                format!("filters[{i}].module"),
-                "must name a file or a sha256:<hex> digest",
-            ));
+            errors.push(FieldError::new(format!("filters[{i}].module"), "must name a file or a sha256:<hex> digest"));
         }
         if filter.limits.memory.bytes() < 64 * 1024 {
-            errors.push(FieldError::new(
-                format!("filters[{i}].limits.memory"),
-                "must be at least 64KiB (one Wasm page)",
-            ));
+            errors
+                .push(FieldError::new(format!("filters[{i}].limits.memory"), "must be at least 64KiB (one Wasm page)"));
         }
         if filter.limits.time_per_call.get().is_zero() {
-            errors.push(FieldError::new(
-                format!("filters[{i}].limits.time_per_call"),
-                "must be more than zero",
-            ));
+            errors.push(FieldError::new(format!("filters[{i}].limits.time_per_call"), "must be more than zero"));
         }
     }
     errors
@@ -70,10 +47,7 @@ fn unique_names<'a>(
     let mut seen = HashSet::new();
     for (i, name) in names.enumerate() {
         if name.trim().is_empty() {
-            errors.push(FieldError::new(
-                format!("{kind}[{i}].name"),
-                "must not be empty",
-            ));
+            errors.push(FieldError::new(format!("{kind}[{i}].name"), "must not be empty"));
         } else if !seen.insert(name) {
             errors.push(FieldError::new(
                 format!("{kind}[{i}].name"),
@@ -94,17 +68,13 @@ fn validate_listener(
     if listener.address.parse::<SocketAddr>().is_err() {
         errors.push(FieldError::new(
             format!("{at}.address"),
-            format!(
-                "invalid address {:?}: expected ip:port, e.g. 127.0.0.1:8080",
-                listener.address
-            ),
+            format!("invalid address {:?}: expected ip:port, e.g. 127.0.0.1:8080", listener.address),
         ));
     }
     match (listener.protocol, &listener.tls) {
-        (ListenerProtocol::Https, None) => errors.push(FieldError::new(
-            format!("{at}.tls"),
-            "required when protocol is https",
-        )),
+        (ListenerProtocol::Https, None) => {
+            errors.push(FieldError::new(format!("{at}.tls"), "required when protocol is https"))
+        }
         (ListenerProtocol::Http, Some(_)) => errors.push(FieldError::new(
             format!("{at}.tls"),
             "set, but protocol is http: use protocol https to terminate TLS",
@@ -113,10 +83,7 @@ fn validate_listener(
     }
     if listener.protocol == ListenerProtocol::Tcp {
         if listener.cluster.is_none() {
-            errors.push(FieldError::new(
-                format!("{at}.cluster"),
-                "required when protocol is tcp: it is the upstream",
-            ));
+            errors.push(FieldError::new(format!("{at}.cluster"), "required when protocol is tcp: it is the upstream"));
         }
         if !listener.filters.is_empty() {
             errors.push(FieldError::new(
@@ -127,58 +94,36 @@ fn validate_listener(
     }
     if let Some(cluster) = &listener.cluster {
         if !clusters.contains(cluster.as_str()) {
-            errors.push(FieldError::new(
-                format!("{at}.cluster"),
-                format!("unknown cluster {cluster:?}"),
-            ));
+            errors.push(FieldError::new(format!("{at}.cluster"), format!("unknown cluster {cluster:?}")));
         }
     }
     for (j, name) in listener.filters.iter().enumerate() {
         if !filters.contains(name.as_str()) {
-            errors.push(FieldError::new(
-                format!("{at}.filters[{j}]"),
-                format!("unknown filter {name:?}"),
-            ));
+            errors.push(FieldError::new(format!("{at}.filters[{j}]"), format!("unknown filter {name:?}")));
         }
     }
     let limits = &listener.limits;
     if limits.max_connections == 0 {
-        errors.push(FieldError::new(
-            format!("{at}.limits.max_connections"),
-            "must be at least 1",
-        ));
+        errors.push(FieldError::new(format!("{at}.limits.max_connections"), "must be at least 1"));
     }
     if limits.max_request_headers == 0 {
-        errors.push(FieldError::new(
-            format!("{at}.limits.max_request_headers"),
-            "must be at least 1",
-        ));
+        errors.push(FieldError::new(format!("{at}.limits.max_request_headers"), "must be at least 1"));
     }
     if limits.max_request_header_size.bytes() < 1024 {
-        errors.push(FieldError::new(
-            format!("{at}.limits.max_request_header_size"),
-            "must be at least 1KiB",
-        ));
+        errors.push(FieldError::new(format!("{at}.limits.max_request_header_size"), "must be at least 1KiB"));
     }
-    for (field, value) in [
-        ("header_read_timeout", limits.header_read_timeout),
-        ("tls_handshake_timeout", limits.tls_handshake_timeout),
-    ] {
+    for (field, value) in
+        [("header_read_timeout", limits.header_read_timeout), ("tls_handshake_timeout", limits.tls_handshake_timeout)]
+    {
         if value.get().is_zero() {
-            errors.push(FieldError::new(
-                format!("{at}.limits.{field}"),
-                "must be more than zero",
-            ));
+            errors.push(FieldError::new(format!("{at}.limits.{field}"), "must be more than zero"));
         }
     }
 }
 
 fn validate_cluster(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
     if cluster.endpoints.is_empty() {
-        errors.push(FieldError::new(
-            format!("{at}.endpoints"),
-            "must list at least one host:port",
-        ));
+        errors.push(FieldError::new(format!("{at}.endpoints"), "must list at least one host:port"));
     }
     for (j, endpoint) in cluster.endpoints.iter().enumerate() {
         if let Err(reason) = check_host_port(endpoint) {
@@ -194,18 +139,12 @@ fn validate_cluster(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::new(format!("{at}.hash_on"), reason));
             }
         }
-        (Some(_), _) => errors.push(FieldError::new(
-            format!("{at}.hash_on"),
-            "only used with lb: ring_hash",
-        )),
+        (Some(_), _) => errors.push(FieldError::new(format!("{at}.hash_on"), "only used with lb: ring_hash")),
         (None, _) => {}
     }
     if let Some(tls) = &cluster.tls {
         if tls.cert.is_some() != tls.key.is_some() {
-            errors.push(FieldError::new(
-                format!("{at}.tls"),
-                "cert and key go together: set both or neither",
-            ));
+            errors.push(FieldError::new(format!("{at}.tls"), "cert and key go together: set both or neither"));
         }
     }
     for (field, value) in [
@@ -214,10 +153,7 @@ fn validate_cluster(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
         ("idle_timeout", cluster.idle_timeout),
     ] {
         if value.get().is_zero() {
-            errors.push(FieldError::new(
-                format!("{at}.{field}"),
-                "must be more than zero",
-            ));
+            errors.push(FieldError::new(format!("{at}.{field}"), "must be more than zero"));
         }
     }
 }
@@ -225,16 +161,11 @@ fn validate_cluster(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
 /// Accepts `host:port` and `[v6]:port` with a port in 1..=65535.
 fn check_host_port(endpoint: &str) -> Result<(), String> {
     let (host, port) = endpoint.rsplit_once(':').ok_or("expected host:port")?;
-    let port: u32 = port
-        .parse()
-        .map_err(|_| format!("port {port:?} is not a number"))?;
+    let port: u32 = port.parse().map_err(|_| format!("port {port:?} is not a number"))?;
     if !(1..=65535).contains(&port) {
         return Err(format!("port {port} is out of range 1-65535"));
     }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
         return Err("expected host:port".into());
     }

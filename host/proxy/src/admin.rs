@@ -24,61 +24,42 @@ pub async fn serve(socket: TcpListener, proxy: Arc<Proxy>) {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(route(&proxy, &request)) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
 fn route(proxy: &Proxy, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served here\n".into(),
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n".into());
     }
     match request.uri().path() {
         "/ready" => {
             if proxy.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no config loaded yet\n".into(),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "no config loaded yet\n".into())
             }
         }
         "/metrics" => {
             let mut response = text(StatusCode::OK, proxy.metrics().render());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
             response
         }
         "/config" => json(proxy.config_dump()),
         "/clusters" => json(proxy.clusters_dump()),
-        "/" => text(
-            StatusCode::OK,
-            "weft admin: /ready /metrics /config /clusters\n".into(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /ready /metrics /config /clusters\n".into(),
-        ),
+        "/" => text(StatusCode::OK, "weft admin: /ready /metrics /config /clusters\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /ready /metrics /config /clusters\n".into()),
     }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -86,9 +67,6 @@ fn json(value: serde_json::Value) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     body.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
 }

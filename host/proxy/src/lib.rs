@@ -62,13 +62,15 @@ pub struct Proxy {
     bound: std::sync::RwLock<HashMap<String, SocketAddr>>,
     /// How long removed listeners may drain their connections.
     drain_timeout: Duration,
+    /// Builds `filters:`; without one, a config with filters is refused.
+    filter_loader: Option<Arc<dyn chain::FilterLoader>>,
 }
 
 impl Proxy {
     /// A proxy with no config: it listens nowhere and is not ready until [`Proxy::apply`].
-    pub async fn new(drain_timeout: Duration) -> Arc<Proxy> {
+    pub async fn new(drain_timeout: Duration, filter_loader: Option<Arc<dyn chain::FilterLoader>>) -> Arc<Proxy> {
         let metrics = Metrics::new();
-        let empty = Snapshot::build(Config::default(), 0, &metrics)
+        let empty = Snapshot::build(Config::default(), 0, &metrics, None)
             .await
             .unwrap_or_else(|_| unreachable!("an empty config always builds"));
         Arc::new(Proxy {
@@ -80,62 +82,47 @@ impl Proxy {
             listeners: Default::default(),
             bound: Default::default(),
             drain_timeout,
+            filter_loader,
         })
     }
 
     /// Loads `config` whole or not at all. Returns the new version. On error nothing changed.
     pub async fn apply(&self, config: Config) -> Result<u64, LoadError> {
         let result = self.apply_inner(config).await;
-        let label = ResultLabels {
-            result: if result.is_ok() { "ok" } else { "rejected" },
-        };
-        self.shared
-            .metrics
-            .config_reloads
-            .get_or_create(&label)
-            .inc();
+        let label = ResultLabels { result: if result.is_ok() { "ok" } else { "rejected" } };
+        self.shared.metrics.config_reloads.get_or_create(&label).inc();
         result
     }
 
     /// Counts a config refused before it reached [`Proxy::apply`] (it did not parse or validate).
     pub fn count_rejected_config(&self) {
-        self.shared
-            .metrics
-            .config_reloads
-            .get_or_create(&ResultLabels { result: "rejected" })
-            .inc();
+        self.shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "rejected" }).inc();
     }
 
     async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {
         let mut running = self.listeners.lock().await;
         let version = self.shared.snapshot.load().version + 1;
-        let snapshot = Arc::new(Snapshot::build(config, version, &self.shared.metrics).await?);
+        let snapshot =
+            Arc::new(Snapshot::build(config, version, &self.shared.metrics, self.filter_loader.as_ref()).await?);
 
         // Bind what is new before touching anything, so a port in use refuses the config whole.
         let mut fresh = HashMap::new();
         let mut errors = Vec::new();
         for (i, listener) in snapshot.config.listeners.iter().enumerate() {
-            if running
-                .get(&listener.name)
-                .is_some_and(|r| r.address == listener.address)
-            {
+            if running.get(&listener.name).is_some_and(|r| r.address == listener.address) {
                 continue;
             }
             // Validation guarantees the address parses.
-            let address: SocketAddr = listener.address.parse().map_err(|_| {
-                vec![FieldError::new(
-                    format!("listeners[{i}].address"),
-                    "invalid",
-                )]
-            })?;
+            let address: SocketAddr = listener
+                .address
+                .parse()
+                .map_err(|_| vec![FieldError::new(format!("listeners[{i}].address"), "invalid")])?;
             match listener::bind(address) {
                 Ok(socket) => {
                     fresh.insert(listener.name.clone(), (listener.address.clone(), socket));
                 }
-                Err(e) => errors.push(FieldError::new(
-                    format!("listeners[{i}].address"),
-                    format!("cannot bind {address}: {e}"),
-                )),
+                Err(e) => errors
+                    .push(FieldError::new(format!("listeners[{i}].address"), format!("cannot bind {address}: {e}"))),
             }
         }
         if !errors.is_empty() {
@@ -153,11 +140,8 @@ impl Proxy {
                 retired.push(old);
             }
         }
-        let removed: Vec<String> = running
-            .keys()
-            .filter(|name| !snapshot.listeners.contains_key(*name))
-            .cloned()
-            .collect();
+        let removed: Vec<String> =
+            running.keys().filter(|name| !snapshot.listeners.contains_key(*name)).cloned().collect();
         for name in removed {
             retired.extend(running.remove(&name));
         }
@@ -174,10 +158,7 @@ impl Proxy {
     /// Stops accepting everywhere and waits (at most the drain timeout) for open connections.
     pub async fn shutdown(&self) {
         let mut running = self.listeners.lock().await;
-        let tasks: Vec<_> = running
-            .drain()
-            .map(|(_, listener)| listener.stop(self.drain_timeout))
-            .collect();
+        let tasks: Vec<_> = running.drain().map(|(_, listener)| listener.stop(self.drain_timeout)).collect();
         for task in tasks {
             let _ = task.await;
         }

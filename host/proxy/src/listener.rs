@@ -50,31 +50,17 @@ impl RunningListener {
 
 /// Binds `address` with `SO_REUSEADDR`, so a restarted proxy can bind while old sockets linger.
 pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(4096)
 }
 
-pub fn spawn(
-    name: &str,
-    address: String,
-    socket: TcpListener,
-    shared: Arc<Shared>,
-) -> io::Result<RunningListener> {
+pub fn spawn(name: &str, address: String, socket: TcpListener, shared: Arc<Shared>) -> io::Result<RunningListener> {
     let bound = socket.local_addr()?;
     let (stop, stopped) = watch::channel(None);
     let task = tokio::spawn(accept_loop(Name::new(name), socket, shared, stopped));
-    Ok(RunningListener {
-        address,
-        bound,
-        stop,
-        task,
-    })
+    Ok(RunningListener { address, bound, stop, task })
 }
 
 /// Open connections of one listener, so a drain knows when they are all done.
@@ -118,19 +104,9 @@ async fn accept_loop(
 ) {
     let active = Arc::new(ActiveConnections::default());
     let graceful = GracefulShutdown::new();
-    let labels = ListenerLabels {
-        listener: name.clone(),
-    };
-    let gauge = shared
-        .metrics
-        .downstream_active
-        .get_or_create(&labels)
-        .clone();
-    let accepted_total = shared
-        .metrics
-        .downstream_total
-        .get_or_create(&labels)
-        .clone();
+    let labels = ListenerLabels { listener: name.clone() };
+    let gauge = shared.metrics.downstream_active.get_or_create(&labels).clone();
+    let accepted_total = shared.metrics.downstream_total.get_or_create(&labels).clone();
     let drain = loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -153,10 +129,7 @@ async fn accept_loop(
             shared
                 .metrics
                 .downstream_rejected
-                .get_or_create(&RejectLabels {
-                    listener: name.clone(),
-                    reason: "limit",
-                })
+                .get_or_create(&RejectLabels { listener: name.clone(), reason: "limit" })
                 .inc();
             drop(stream);
             continue;
@@ -164,10 +137,7 @@ async fn accept_loop(
         active.count.fetch_add(1, Ordering::AcqRel);
         gauge.inc();
         accepted_total.inc();
-        let guard = ConnectionGuard {
-            active: active.clone(),
-            gauge: gauge.clone(),
-        };
+        let guard = ConnectionGuard { active: active.clone(), gauge: gauge.clone() };
         let watcher = graceful.watcher();
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -196,21 +166,13 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let mut conn = Downstream {
-        id: shared.next_connection_id(),
-        listener: state.name.clone(),
-        peer,
-        local,
-        tls: None,
-        accepted,
-    };
+    let mut conn =
+        Downstream { id: shared.next_connection_id(), listener: state.name.clone(), peer, local, tls: None, accepted };
     match &state.tls {
         None => dispatch(stream, conn, state, shared, watcher).await,
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(
-                state.config.limits.tls_handshake_timeout.get(),
-                acceptor.accept(stream),
-            );
+            let handshake =
+                tokio::time::timeout(state.config.limits.tls_handshake_timeout.get(), acceptor.accept(stream));
             match handshake.await {
                 Ok(Ok(tls)) => {
                     conn.tls = Some(TlsInfo::of(tls.get_ref().1));
@@ -221,10 +183,7 @@ async fn serve_connection(
                     shared
                         .metrics
                         .downstream_rejected
-                        .get_or_create(&RejectLabels {
-                            listener: state.name.clone(),
-                            reason: "tls",
-                        })
+                        .get_or_create(&RejectLabels { listener: state.name.clone(), reason: "tls" })
                         .inc();
                 }
                 Err(_) => {
@@ -232,10 +191,7 @@ async fn serve_connection(
                     shared
                         .metrics
                         .downstream_rejected
-                        .get_or_create(&RejectLabels {
-                            listener: state.name.clone(),
-                            reason: "tls",
-                        })
+                        .get_or_create(&RejectLabels { listener: state.name.clone(), reason: "tls" })
                         .inc();
                 }
             }
@@ -243,13 +199,8 @@ async fn serve_connection(
     }
 }
 
-async fn dispatch<IO>(
-    io: IO,
-    conn: Downstream,
-    state: Arc<ListenerState>,
-    shared: Arc<Shared>,
-    watcher: Watcher,
-) where
+async fn dispatch<IO>(io: IO, conn: Downstream, state: Arc<ListenerState>, shared: Arc<Shared>, watcher: Watcher)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if state.config.protocol == ListenerProtocol::Tcp {
@@ -257,12 +208,8 @@ async fn dispatch<IO>(
     }
     let builder = http_builder(&state.config.limits);
     let conn = Arc::new(conn);
-    let service = hyper::service::service_fn(move |request| {
-        crate::http::handle(shared.clone(), conn.clone(), request)
-    });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
+    let service = hyper::service::service_fn(move |request| crate::http::handle(shared.clone(), conn.clone(), request));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(listener = %state.name, error = %error, "client connection ended with an error");
     }
@@ -279,9 +226,6 @@ fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout.get())
         .max_headers(limits.max_request_headers as usize * 2 + 16)
         .max_buf_size((header_bytes * 2).max(16 * 1024));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size((header_bytes * 2).min(u32::MAX as usize) as u32);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size((header_bytes * 2).min(u32::MAX as usize) as u32);
     builder
 }

@@ -132,31 +132,15 @@ impl Metrics {
             "Time from request head to the end of the response body",
             m.request_duration.clone(),
         );
-        registry.register(
-            "request_bytes",
-            "Request body bytes received from clients",
-            m.request_bytes.clone(),
-        );
-        registry.register(
-            "response_bytes",
-            "Response body bytes sent to clients",
-            m.response_bytes.clone(),
-        );
+        registry.register("request_bytes", "Request body bytes received from clients", m.request_bytes.clone());
+        registry.register("response_bytes", "Response body bytes sent to clients", m.response_bytes.clone());
         registry.register(
             "local_replies",
             "Requests answered by the proxy itself (errors, no route)",
             m.local_replies.clone(),
         );
-        registry.register(
-            "downstream_connections_active",
-            "Client connections open now",
-            m.downstream_active.clone(),
-        );
-        registry.register(
-            "downstream_connections",
-            "Client connections accepted",
-            m.downstream_total.clone(),
-        );
+        registry.register("downstream_connections_active", "Client connections open now", m.downstream_active.clone());
+        registry.register("downstream_connections", "Client connections accepted", m.downstream_total.clone());
         registry.register(
             "downstream_connections_rejected",
             "Client connections closed at accept (limit) or in the TLS handshake",
@@ -182,21 +166,9 @@ impl Metrics {
             "Bytes received from clients on tcp listeners",
             m.tcp_bytes_received.clone(),
         );
-        registry.register(
-            "tcp_sent_bytes",
-            "Bytes sent to clients on tcp listeners",
-            m.tcp_bytes_sent.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config loads by result (ok, rejected)",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "config_version",
-            "Version number of the config in force",
-            m.config_version.clone(),
-        );
+        registry.register("tcp_sent_bytes", "Bytes sent to clients on tcp listeners", m.tcp_bytes_sent.clone());
+        registry.register("config_reloads", "Config loads by result (ok, rejected)", m.config_reloads.clone());
+        registry.register("config_version", "Version number of the config in force", m.config_version.clone());
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -1,7 +1,7 @@
 //! A config compiled for serving: listeners with their TLS and filter chains, clusters with
 //! resolved endpoints and pools. Immutable once built; a request keeps the one it started with.
 
-use crate::chain::FilterChain;
+use crate::chain::{FilterChain, FilterLoader, HttpFilter};
 use crate::cluster::Cluster;
 use crate::metrics::{Metrics, Name};
 use std::collections::HashMap;
@@ -33,8 +33,10 @@ impl Snapshot {
         config: Config,
         version: u64,
         metrics: &Arc<Metrics>,
+        loader: Option<&Arc<dyn FilterLoader>>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = Vec::new();
+        let filters = load_filters(&config, loader).await?;
         let mut clusters = HashMap::new();
         for (i, cluster) in config.clusters.iter().enumerate() {
             match Cluster::build(cluster, &format!("clusters[{i}]"), metrics).await {
@@ -47,13 +49,6 @@ impl Snapshot {
         let mut listeners = HashMap::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
-            if !listener.filters.is_empty() {
-                errors.push(FieldError::new(
-                    format!("{at}.filters"),
-                    "this build of weft cannot run Wasm filters yet; remove filters: from the listener",
-                ));
-                continue;
-            }
             let tls = match &listener.tls {
                 Some(tls) => {
                     let alpn: &[&[u8]] = match listener.protocol {
@@ -76,7 +71,9 @@ impl Snapshot {
                     name: Name::new(&listener.name),
                     config: listener.clone(),
                     tls,
-                    chain: FilterChain::default(),
+                    chain: FilterChain::new(
+                        listener.filters.iter().filter_map(|name| filters.get(name).cloned()).collect(),
+                    ),
                     default_cluster: listener.cluster.as_deref().map(Name::new),
                 }),
             );
@@ -85,12 +82,23 @@ impl Snapshot {
             return Err(errors);
         }
         let digest = config.digest();
-        Ok(Snapshot {
-            version,
-            digest,
-            config,
-            listeners,
-            clusters,
-        })
+        Ok(Snapshot { version, digest, config, listeners, clusters })
     }
+}
+
+/// Builds the config's filters off the async threads (compiling a module takes a while).
+async fn load_filters(
+    config: &Config,
+    loader: Option<&Arc<dyn FilterLoader>>,
+) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>> {
+    if config.filters.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let Some(loader) = loader.cloned() else {
+        return Err(vec![FieldError::new("filters", "this proxy was started without a Wasm runtime")]);
+    };
+    let filters = config.filters.clone();
+    tokio::task::spawn_blocking(move || loader.load(&filters))
+        .await
+        .map_err(|e| vec![FieldError::new("filters", format!("loading stopped: {e}"))])?
 }

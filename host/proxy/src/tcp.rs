@@ -8,19 +8,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub async fn serve<IO>(
-    mut downstream: IO,
-    conn: Downstream,
-    listener: Arc<ListenerState>,
-    shared: Arc<Shared>,
-) where
+pub async fn serve<IO>(mut downstream: IO, conn: Downstream, listener: Arc<ListenerState>, shared: Arc<Shared>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = (Instant::now(), SystemTime::now());
-    let cluster = listener
-        .default_cluster
-        .as_ref()
-        .and_then(|name| conn.accepted.clusters.get(name.as_str()));
+    let cluster = listener.default_cluster.as_ref().and_then(|name| conn.accepted.clusters.get(name.as_str()));
     let Some(cluster) = cluster else { return };
     let key = match conn.peer.ip() {
         std::net::IpAddr::V4(ip) => crate::cluster::hash_bytes(&ip.octets()),
@@ -32,33 +25,21 @@ pub async fn serve<IO>(
         return;
     };
     let (received, sent, outcome) = match connector.connect().await {
-        Ok(mut upstream) => {
-            match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-                Ok((received, sent)) => (received, sent, "closed"),
-                Err(error) => {
-                    tracing::debug!(listener = %listener.name, %error, "tcp connection ended with an error");
-                    (0, 0, "reset")
-                }
+        Ok(mut upstream) => match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+            Ok((received, sent)) => (received, sent, "closed"),
+            Err(error) => {
+                tracing::debug!(listener = %listener.name, %error, "tcp connection ended with an error");
+                (0, 0, "reset")
             }
-        }
+        },
         Err(error) => {
             tracing::debug!(listener = %listener.name, endpoint = %endpoint.address, %error, "tcp upstream connect failed");
             (0, 0, "upstream connect failure")
         }
     };
-    let labels = ListenerLabels {
-        listener: listener.name.clone(),
-    };
-    shared
-        .metrics
-        .tcp_bytes_received
-        .get_or_create(&labels)
-        .inc_by(received);
-    shared
-        .metrics
-        .tcp_bytes_sent
-        .get_or_create(&labels)
-        .inc_by(sent);
+    let labels = ListenerLabels { listener: listener.name.clone() };
+    shared.metrics.tcp_bytes_received.get_or_create(&labels).inc_by(received);
+    shared.metrics.tcp_bytes_sent.get_or_create(&labels).inc_by(sent);
     if listener.config.access_log {
         let line = serde_json::json!({
             "time": crate::http::rfc3339(started.1),

@@ -16,49 +16,30 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, FieldError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            FieldError::new(
-                field,
-                format!("cannot read certificates from {}: {e}", path.display()),
-            )
-        })?;
+        .map_err(|e| FieldError::new(field, format!("cannot read certificates from {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(FieldError::new(
-            field,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
+        return Err(FieldError::new(field, format!("{} holds no PEM certificate", path.display())));
     }
     Ok(certs)
 }
 
 fn read_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, FieldError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        FieldError::new(
-            field,
-            format!("cannot read a private key from {}: {e}", path.display()),
-        )
-    })
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| FieldError::new(field, format!("cannot read a private key from {}: {e}", path.display())))
 }
 
 fn read_roots(path: &Path, field: &str) -> Result<RootCertStore, FieldError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(path, field)? {
-        roots.add(cert).map_err(|e| {
-            FieldError::new(
-                field,
-                format!("{}: not a usable CA certificate: {e}", path.display()),
-            )
-        })?;
+        roots
+            .add(cert)
+            .map_err(|e| FieldError::new(field, format!("{}: not a usable CA certificate: {e}", path.display())))?;
     }
     Ok(roots)
 }
 
 /// The server side of a listener's TLS. `alpn` is offered in order (`h2`, `http/1.1` for https).
-pub fn server_config(
-    tls: &ListenerTls,
-    at: &str,
-    alpn: &[&[u8]],
-) -> Result<Arc<ServerConfig>, FieldError> {
+pub fn server_config(tls: &ListenerTls, at: &str, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, FieldError> {
     let certs = read_certs(&tls.cert, &format!("{at}.cert"))?;
     let key = read_key(&tls.key, &format!("{at}.key"))?;
     let builder = ServerConfig::builder_with_provider(provider())
@@ -75,12 +56,9 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        FieldError::new(
-            format!("{at}.key"),
-            format!("does not fit the certificate: {e}"),
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| FieldError::new(format!("{at}.key"), format!("does not fit the certificate: {e}")))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -94,9 +72,7 @@ pub fn client_config(
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), FieldError> {
     let roots = match &tls.ca {
         Some(ca) => read_roots(ca, &format!("{at}.ca"))?,
-        None => RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        },
+        None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
     };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -106,23 +82,16 @@ pub fn client_config(
         (Some(cert), Some(key)) => {
             let certs = read_certs(cert, &format!("{at}.cert"))?;
             let key = read_key(key, &format!("{at}.key"))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                FieldError::new(
-                    format!("{at}.key"),
-                    format!("does not fit the certificate: {e}"),
-                )
-            })?
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| FieldError::new(format!("{at}.key"), format!("does not fit the certificate: {e}")))?
         }
         _ => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = tls.server_name.as_deref().unwrap_or(default_host);
-    let server_name = ServerName::try_from(name.to_owned()).map_err(|_| {
-        FieldError::new(
-            format!("{at}.server_name"),
-            format!("{name:?} is not a valid server name"),
-        )
-    })?;
+    let server_name = ServerName::try_from(name.to_owned())
+        .map_err(|_| FieldError::new(format!("{at}.server_name"), format!("{name:?} is not a valid server name")))?;
     Ok((Arc::new(config), server_name))
 }
 
@@ -144,20 +113,15 @@ impl TlsInfo {
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "unknown",
         };
-        let mut info = TlsInfo {
-            version,
-            alpn_h2: conn.alpn_protocol() == Some(b"h2"),
-            ..TlsInfo::default()
-        };
+        let mut info = TlsInfo { version, alpn_h2: conn.alpn_protocol() == Some(b"h2"), ..TlsInfo::default() };
         if let Some(leaf) = conn.peer_certificates().and_then(|certs| certs.first()) {
             if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) {
                 info.peer_subject = Some(cert.subject().to_string());
                 if let Ok(Some(san)) = cert.subject_alternative_name() {
-                    info.peer_uri_san =
-                        san.value.general_names.iter().find_map(|name| match name {
-                            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
-                            _ => None,
-                        });
+                    info.peer_uri_san = san.value.general_names.iter().find_map(|name| match name {
+                        x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                        _ => None,
+                    });
                 }
             }
         }

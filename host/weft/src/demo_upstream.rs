@@ -17,32 +17,18 @@ pub async fn serve(socket: TcpListener, name: &'static str) {
         };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| answer(request, name));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn answer(
-    request: Request<Incoming>,
-    name: &'static str,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(request: Request<Incoming>, name: &'static str) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                serde_json::Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())))
         .collect();
     let echo = serde_json::json!({
         "upstream": name,
@@ -54,9 +40,8 @@ async fn answer(
     let mut text = serde_json::to_vec_pretty(&echo).unwrap_or_default();
     text.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     Ok(response)
 }

@@ -6,10 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init(args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|error| {
-        eprintln!(
-            "warning: invalid --log-level {:?} ({error}); using info",
-            args.log_level
-        );
+        eprintln!("warning: invalid --log-level {:?} ({error}); using info", args.log_level);
         EnvFilter::new("info")
     });
     let builder = tracing_subscriber::fmt()

@@ -15,11 +15,9 @@ const EXIT_INVALID: u8 = 2;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(&cli.log);
+    let workers = cli.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(workers) = cli.workers {
-        runtime.worker_threads(workers.max(1));
-    }
+    runtime.enable_all().worker_threads(workers);
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -29,7 +27,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            cli::Command::Proxy(args) => proxy_cmd::run(args).await,
+            cli::Command::Proxy(args) => proxy_cmd::run(args, workers).await,
             cli::Command::Up(args) => up::run(args).await,
         }
     });

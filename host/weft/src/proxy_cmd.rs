@@ -13,7 +13,7 @@ use weft_proxy::Proxy;
 /// How often the config file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
+pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
     let config = Config::load(&args.config).map_err(|e| Failure::Invalid(e.to_string()))?;
     if args.check {
         println!(
@@ -24,17 +24,15 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let proxy = Proxy::new(args.drain_timeout.get()).await;
+    // One warm instance per worker thread and filter: calls never wait on each other for long.
+    let loader = weft_wasm::WasmLoader::new(workers).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    let proxy = Proxy::new(args.drain_timeout.get(), Some(Arc::new(loader))).await;
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot bind the admin API on {}", args.admin))?;
     proxy.apply(config).await.map_err(|e| {
         Failure::Invalid(
-            e.errors
-                .iter()
-                .map(|e| format!("{}: {e}", args.config.display()))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            e.errors.iter().map(|e| format!("{}: {e}", args.config.display())).collect::<Vec<_>>().join("\n"),
         )
     })?;
     tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
@@ -45,9 +43,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
     serve_until_stopped(proxy, &args.config).await
 }
 
-fn sorted(
-    map: std::collections::HashMap<String, std::net::SocketAddr>,
-) -> Vec<(String, std::net::SocketAddr)> {
+fn sorted(map: std::collections::HashMap<String, std::net::SocketAddr>) -> Vec<(String, std::net::SocketAddr)> {
     let mut list: Vec<_> = map.into_iter().collect();
     list.sort();
     list
@@ -108,12 +104,10 @@ struct FileStamp(Option<(u64, SystemTime, u64)>);
 impl FileStamp {
     fn of(path: &Path) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
-        FileStamp(std::fs::metadata(PathBuf::from(path)).ok().map(|m| {
-            (
-                m.len(),
-                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                m.ino(),
-            )
-        }))
+        FileStamp(
+            std::fs::metadata(PathBuf::from(path))
+                .ok()
+                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.ino())),
+        )
     }
 }

@@ -62,10 +62,7 @@ impl Ring {
         let mut points = Vec::with_capacity(endpoints.len() * RING_POINTS_PER_ENDPOINT);
         for (index, endpoint) in endpoints.iter().enumerate() {
             for point in 0..RING_POINTS_PER_ENDPOINT {
-                points.push((
-                    hash_bytes(format!("{}#{point}", endpoint.name).as_bytes()),
-                    index,
-                ));
+                points.push((hash_bytes(format!("{}#{point}", endpoint.name).as_bytes()), index));
             }
         }
         points.sort_unstable();
@@ -74,10 +71,7 @@ impl Ring {
 
     fn lookup(&self, hash: u64) -> usize {
         let at = self.points.partition_point(|(point, _)| *point < hash);
-        self.points
-            .get(at)
-            .or(self.points.first())
-            .map_or(0, |(_, index)| *index)
+        self.points.get(at).or(self.points.first()).map_or(0, |(_, index)| *index)
     }
 }
 
@@ -102,10 +96,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn endpoints(names: &[&str]) -> Vec<Arc<Endpoint>> {
-        names
-            .iter()
-            .map(|n| Arc::new(Endpoint::for_test(n)))
-            .collect()
+        names.iter().map(|n| Arc::new(Endpoint::for_test(n))).collect()
     }
 
     #[test]
@@ -113,13 +104,7 @@ mod tests {
         let eps = endpoints(&["a:1", "b:1", "c:1"]);
         let balancer = Balancer::new(LbPolicy::RoundRobin, &eps);
         let picks: Vec<usize> = (0..6).map(|_| balancer.pick(&eps, 0)).collect();
-        assert_eq!(
-            picks[0..3]
-                .iter()
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            3
-        );
+        assert_eq!(picks[0..3].iter().collect::<std::collections::HashSet<_>>().len(), 3);
         assert_eq!(picks[0..3], picks[3..6]);
     }
 
@@ -137,20 +122,13 @@ mod tests {
     fn ring_hash_is_sticky_and_moves_few_keys_when_an_endpoint_goes() {
         let four = endpoints(&["a:1", "b:1", "c:1", "d:1"]);
         let three = endpoints(&["a:1", "b:1", "c:1"]);
-        let (ring4, ring3) = (
-            Balancer::new(LbPolicy::RingHash, &four),
-            Balancer::new(LbPolicy::RingHash, &three),
-        );
+        let (ring4, ring3) = (Balancer::new(LbPolicy::RingHash, &four), Balancer::new(LbPolicy::RingHash, &three));
         let mut moved = 0;
         let mut spread = HashMap::new();
         for key in 0..2000u32 {
             let hash = hash_bytes(&key.to_le_bytes());
             let before = &four[ring4.pick(&four, hash)].name;
-            assert_eq!(
-                before,
-                &four[ring4.pick(&four, hash)].name,
-                "same key, same endpoint"
-            );
+            assert_eq!(before, &four[ring4.pick(&four, hash)].name, "same key, same endpoint");
             *spread.entry(before.clone()).or_insert(0) += 1;
             let after = &three[ring3.pick(&three, hash)].name;
             if before != after {
@@ -159,9 +137,6 @@ mod tests {
             }
         }
         assert!(moved > 0);
-        assert!(
-            spread.values().all(|&n| n > 250),
-            "uneven spread: {spread:?}"
-        );
+        assert!(spread.values().all(|&n| n > 250), "uneven spread: {spread:?}");
     }
 }

@@ -79,48 +79,29 @@ pub struct Cluster {
 
 impl Cluster {
     /// Resolves the endpoints and prepares their pools. No connection is made yet.
-    pub async fn build(
-        config: &weft_config::Cluster,
-        at: &str,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Cluster, FieldError> {
+    pub async fn build(config: &weft_config::Cluster, at: &str, metrics: &Arc<Metrics>) -> Result<Cluster, FieldError> {
         let name = Name::new(&config.name);
-        let labels = ClusterLabels {
-            cluster: name.clone(),
-        };
+        let labels = ClusterLabels { cluster: name.clone() };
         let active = metrics.upstream_active.get_or_create(&labels).clone();
         let created = metrics.upstream_created.get_or_create(&labels).clone();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for (j, written) in config.endpoints.iter().enumerate() {
             let field = format!("{at}.endpoints[{j}]");
-            let address = resolve(written)
-                .await
-                .map_err(|reason| FieldError::new(&field, reason))?;
-            let host = written.rsplit_once(':').map_or(written.as_str(), |(h, _)| {
-                h.trim_start_matches('[').trim_end_matches(']')
-            });
+            let address = resolve(written).await.map_err(|reason| FieldError::new(&field, reason))?;
+            let host = written
+                .rsplit_once(':')
+                .map_or(written.as_str(), |(h, _)| h.trim_start_matches('[').trim_end_matches(']'));
             let tls = match &config.tls {
                 Some(tls) => {
                     let alpn: &[&[u8]] = match config.protocol {
                         UpstreamProtocol::Http1 => &[b"http/1.1"],
                         UpstreamProtocol::Http2 => &[b"h2", b"http/1.1"],
                     };
-                    Some(crate::tls::client_config(
-                        tls,
-                        &format!("{at}.tls"),
-                        host,
-                        alpn,
-                    )?)
+                    Some(crate::tls::client_config(tls, &format!("{at}.tls"), host, alpn)?)
                 }
                 None => None,
             };
-            let connector = Connector::new(
-                address,
-                tls,
-                config.connect_timeout.get(),
-                active.clone(),
-                created.clone(),
-            );
+            let connector = Connector::new(address, tls, config.connect_timeout.get(), active.clone(), created.clone());
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(config.idle_timeout.get())
                 .pool_timer(TokioTimer::new())
@@ -137,19 +118,8 @@ impl Cluster {
             }));
         }
         let balancer = Balancer::new(config.lb, &endpoints);
-        let scheme = if config.tls.is_some() {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        };
-        Ok(Cluster {
-            name,
-            config: config.clone(),
-            endpoints,
-            hash_on: config.hash_on(),
-            scheme,
-            balancer,
-        })
+        let scheme = if config.tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+        Ok(Cluster { name, config: config.clone(), endpoints, hash_on: config.hash_on(), scheme, balancer })
     }
 
     /// The endpoint for a request whose hash key (ring_hash only) is `hash`.
@@ -167,10 +137,7 @@ async fn resolve(written: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = written.parse() {
         return Ok(address);
     }
-    let mut addresses = tokio::net::lookup_host(written)
-        .await
-        .map_err(|e| format!("cannot resolve {written:?}: {e}"))?;
-    addresses
-        .next()
-        .ok_or_else(|| format!("{written:?} resolves to no address"))
+    let mut addresses =
+        tokio::net::lookup_host(written).await.map_err(|e| format!("cannot resolve {written:?}: {e}"))?;
+    addresses.next().ok_or_else(|| format!("{written:?} resolves to no address"))
 }

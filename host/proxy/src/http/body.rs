@@ -32,24 +32,15 @@ pub struct ProxyBody {
 
 impl ProxyBody {
     pub fn empty() -> Self {
-        ProxyBody {
-            kind: Kind::Empty,
-            meter: Meter::None,
-        }
+        ProxyBody { kind: Kind::Empty, meter: Meter::None }
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
-        ProxyBody {
-            kind: Kind::Full(Some(data.into())),
-            meter: Meter::None,
-        }
+        ProxyBody { kind: Kind::Full(Some(data.into())), meter: Meter::None }
     }
 
     pub fn streamed(body: Incoming) -> Self {
-        ProxyBody {
-            kind: Kind::Streamed(body),
-            meter: Meter::None,
-        }
+        ProxyBody { kind: Kind::Streamed(body), meter: Meter::None }
     }
 
     /// Counts the data bytes into `counter` as they pass.
@@ -86,10 +77,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Empty => None,

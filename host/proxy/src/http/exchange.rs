@@ -24,6 +24,8 @@ pub struct Exchange {
     pub body_error: bool,
     /// Keeps the request counted on its endpoint (least_request) until the response ends.
     pub in_flight: Option<crate::cluster::InFlight>,
+    /// The request's filters; dropped (ending the request for them) when the exchange is recorded.
+    pub filters: Option<crate::chain::ChainStreams>,
     /// Present when the listener writes an access log.
     pub log: Option<AccessLogFields>,
 }
@@ -56,19 +58,10 @@ impl Drop for Exchange {
                 code: self.status,
             })
             .inc();
-        let route = RouteLabels {
-            listener: self.listener.clone(),
-            cluster,
-        };
-        m.request_duration
-            .get_or_create(&route)
-            .observe(elapsed.as_secs_f64());
-        m.request_bytes
-            .get_or_create(&route)
-            .inc_by(self.bytes_received.load(Ordering::Relaxed));
-        m.response_bytes
-            .get_or_create(&route)
-            .inc_by(self.bytes_sent);
+        let route = RouteLabels { listener: self.listener.clone(), cluster };
+        m.request_duration.get_or_create(&route).observe(elapsed.as_secs_f64());
+        m.request_bytes.get_or_create(&route).inc_by(self.bytes_received.load(Ordering::Relaxed));
+        m.response_bytes.get_or_create(&route).inc_by(self.bytes_sent);
         if let Some(log) = &self.log {
             write_access_log(self, log, elapsed);
         }
@@ -108,9 +101,7 @@ fn millis(d: std::time::Duration) -> f64 {
 
 /// `2026-11-28T06:33:35.123Z` without a date-time crate: the civil-from-days algorithm.
 pub fn rfc3339(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
@@ -137,9 +128,7 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_known_instants() {
-        let at = |s: u64, ms: u64| {
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(s * 1000 + ms)
-        };
+        let at = |s: u64, ms: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(s * 1000 + ms);
         assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(at(1_795_242_815, 123)), "2026-11-21T06:33:35.123Z");

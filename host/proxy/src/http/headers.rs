@@ -28,19 +28,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::TRAILER,
-        &header::PROXY_AUTHENTICATE,
-    ] {
+    for name in
+        [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::TRAILER, &header::PROXY_AUTHENTICATE]
+    {
         headers.remove(name);
     }
     headers.remove(header::PROXY_AUTHORIZATION);
-    let te_is_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_is_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_is_trailers {
         headers.remove(header::TE);
     }
@@ -55,12 +49,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|t| {
-                t.split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|t| t.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
 /// Appends the client to `x-forwarded-for` and states the scheme the client used.
@@ -73,10 +65,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool) {
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if https { "https" } else { "http" }));
 }
 
 /// The request's id: the client's `x-request-id` when it sent a usable one, else a new UUID v4.
@@ -89,19 +78,15 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut buffer = uuid::Uuid::encode_buffer();
     // A hyphenated UUID is always a valid header value.
-    let value = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer))
-        .unwrap_or(HeaderValue::from_static("-"));
+    let value =
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)).unwrap_or(HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID.clone(), value.clone());
     value
 }
 
 /// Size of a request head as the header limits count it: each name, value and separator.
 pub fn head_size(headers: &HeaderMap, uri_len: usize) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        + uri_len
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + uri_len
 }
 
 #[cfg(test)]
@@ -111,10 +96,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
         headers
     }

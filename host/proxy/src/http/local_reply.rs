@@ -23,9 +23,7 @@ impl LocalReply {
     pub fn status(self) -> StatusCode {
         match self {
             LocalReply::NoRoute => StatusCode::NOT_FOUND,
-            LocalReply::UpstreamConnectFailure | LocalReply::UpstreamReset => {
-                StatusCode::BAD_GATEWAY
-            }
+            LocalReply::UpstreamConnectFailure | LocalReply::UpstreamReset => StatusCode::BAD_GATEWAY,
             LocalReply::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             LocalReply::NoHealthyUpstream | LocalReply::Overloaded | LocalReply::FilterFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -57,10 +55,7 @@ impl LocalReply {
         let mut response = Response::new(ProxyBody::full(format!("{reason}\n")));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert("x-weft-error", HeaderValue::from_static(reason));
         if let LocalReply::BadRequest(_) = self {
             // A client that sent a malformed request cannot be trusted to frame the next one.

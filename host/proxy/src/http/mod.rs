@@ -10,7 +10,7 @@ pub use body::ProxyBody;
 pub use exchange::rfc3339;
 pub use local_reply::LocalReply;
 
-use crate::chain::{RequestDecisions, Verdict};
+use crate::chain::{RequestDecisions, StreamInfo, Verdict};
 use crate::cluster::{hash_bytes, Cluster};
 use crate::listener::Downstream;
 use crate::metrics::ListenerLabels;
@@ -43,11 +43,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     // The config in force now, unless this connection's listener is gone from it (it is draining).
     let current = shared.snapshot.load_full();
-    let snapshot = if current.listeners.contains_key(conn.listener.as_str()) {
-        current
-    } else {
-        conn.accepted.clone()
-    };
+    let snapshot = if current.listeners.contains_key(conn.listener.as_str()) { current } else { conn.accepted.clone() };
     let Some(listener) = snapshot.listeners.get(conn.listener.as_str()).cloned() else {
         return Ok(LocalReply::NoRoute.into_response());
     };
@@ -65,19 +61,14 @@ pub async fn handle(
         local_reply: None,
         body_error: false,
         in_flight: None,
+        filters: None,
         log: None,
     };
     let response = match proxy(&snapshot, &listener, &conn, request, &mut exchange).await {
         Ok(response) => response,
         Err(reply) => {
             exchange.local_reply = Some(reply.reason());
-            shared
-                .metrics
-                .local_replies
-                .get_or_create(&ListenerLabels {
-                    listener: listener.name.clone(),
-                })
-                .inc();
+            shared.metrics.local_replies.get_or_create(&ListenerLabels { listener: listener.name.clone() }).inc();
             reply.into_response()
         }
     };
@@ -95,13 +86,8 @@ async fn proxy(
     let limits = &listener.config.limits;
     let headers = request.headers();
     if headers.len() > limits.max_request_headers as usize
-        || headers::head_size(
-            headers,
-            request
-                .uri()
-                .path_and_query()
-                .map_or(0, |p| p.as_str().len()),
-        ) > limits.max_request_header_size.bytes() as usize
+        || headers::head_size(headers, request.uri().path_and_query().map_or(0, |p| p.as_str().len()))
+            > limits.max_request_header_size.bytes() as usize
     {
         return Err(LocalReply::HeadersTooLarge);
     }
@@ -116,10 +102,7 @@ async fn proxy(
         exchange.log = Some(AccessLogFields {
             wall_time: SystemTime::now(),
             method: request.method().clone(),
-            path: request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
+            path: request.uri().path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
             version: request.version(),
             request_id: request_id.clone(),
             client: conn.peer,
@@ -129,26 +112,25 @@ async fn proxy(
         });
     }
 
-    let wants_upgrade =
-        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    let wants_upgrade = request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
     let downstream_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
 
     let mut decisions = RequestDecisions::default();
-    if let Verdict::Respond(response) = listener
-        .chain
-        .on_request_headers(&mut parts, &mut decisions)
-    {
+    let filters = exchange.filters.insert(listener.chain.start(|| StreamInfo {
+        listener: listener.name.clone(),
+        connection_id: conn.id,
+        source: conn.peer,
+        destination: conn.local,
+        tls: conn.tls.clone(),
+        started: SystemTime::now(),
+    }));
+    if let Verdict::Respond(response) = filters.on_request_headers(&mut parts, &mut decisions) {
         return Ok(response);
     }
-    let cluster_name = decisions
-        .upstream_cluster
-        .or_else(|| listener.default_cluster.clone())
-        .ok_or(LocalReply::NoRoute)?;
-    let cluster = snapshot
-        .clusters
-        .get(cluster_name.as_str())
-        .ok_or(LocalReply::NoRoute)?;
+    let cluster_name =
+        decisions.upstream_cluster.or_else(|| listener.default_cluster.clone()).ok_or(LocalReply::NoRoute)?;
+    let cluster = snapshot.clusters.get(cluster_name.as_str()).ok_or(LocalReply::NoRoute)?;
     exchange.cluster = Some(cluster.name.clone());
 
     let endpoint = cluster.pick(request_hash(cluster, &parts, conn)).clone();
@@ -186,8 +168,10 @@ async fn proxy(
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    if let Verdict::Respond(response) = listener.chain.on_response_headers(&mut parts) {
-        return Ok(response);
+    if let Some(filters) = exchange.filters.as_mut() {
+        if let Verdict::Respond(response) = filters.on_response_headers(&mut parts) {
+            return Ok(response);
+        }
     }
     Ok(Response::from_parts(parts, ProxyBody::streamed(body)))
 }
@@ -198,32 +182,17 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
 }
 
 /// The absolute URI the pool needs. It keeps the client's authority, so `Host`/`:authority`
 /// arrive upstream as the client sent them; the connection itself goes to the chosen endpoint.
-fn upstream_uri(
-    cluster: &Cluster,
-    parts: &http::request::Parts,
-    endpoint: &str,
-) -> Result<Uri, LocalReply> {
+fn upstream_uri(cluster: &Cluster, parts: &http::request::Parts, endpoint: &str) -> Result<Uri, LocalReply> {
     let authority = parts
         .uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or(endpoint);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     Uri::builder()
@@ -255,8 +224,7 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
     match tokio::try_join!(downstream, upstream) {
         Ok((downstream, upstream)) => {
             let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
-            if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
-            {
+            if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
                 tracing::debug!(%error, "upgraded connection ended with an error");
             }
         }

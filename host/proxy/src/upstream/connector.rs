@@ -36,13 +36,7 @@ impl Connector {
         created: Counter,
     ) -> Self {
         let tls = tls.map(|(config, name)| (TlsConnector::from(config), name));
-        Connector {
-            address,
-            tls,
-            timeout,
-            active,
-            created,
-        }
+        Connector { address, tls, timeout, active, created }
     }
 
     /// A connection to the endpoint, TLS if configured. Also used by the tcp path.
@@ -51,27 +45,17 @@ impl Connector {
             let tcp = TcpStream::connect(self.address).await?;
             tcp.set_nodelay(true)?;
             let stream = match &self.tls {
-                Some((connector, name)) => {
-                    Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
-                }
+                Some((connector, name)) => Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await?)),
                 None => Stream::Plain(tcp),
             };
             Ok::<_, io::Error>(stream)
         };
         let stream = tokio::time::timeout(self.timeout, attempt)
             .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect to {} timed out", self.address),
-                )
-            })??;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {} timed out", self.address)))??;
         self.created.inc();
         self.active.inc();
-        Ok(UpstreamStream {
-            stream,
-            active: self.active.clone(),
-        })
+        Ok(UpstreamStream { stream, active: self.active.clone() })
     }
 }
 
@@ -111,20 +95,14 @@ impl Drop for UpstreamStream {
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
         match &self.stream {
-            Stream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                Connected::new().negotiated_h2()
-            }
+            Stream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => Connected::new().negotiated_h2(),
             _ => Connected::new(),
         }
     }
 }
 
 impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -133,11 +111,7 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

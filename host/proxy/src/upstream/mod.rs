@@ -57,10 +57,7 @@ pub async fn send(
     };
     metrics
         .upstream_errors
-        .get_or_create(&UpstreamErrorLabels {
-            cluster: cluster.clone(),
-            reason: outcome.label(),
-        })
+        .get_or_create(&UpstreamErrorLabels { cluster: cluster.clone(), reason: outcome.label() })
         .inc();
     Err(outcome)
 }
@@ -71,9 +68,7 @@ fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = error.source();
     while let Some(cause) = source {
         // io::Error hides the error it wraps from `source()`; look inside it too.
-        let wrapped = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref());
+        let wrapped = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
         if cause.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
             return true;
         }

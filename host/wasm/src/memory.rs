@@ -1,0 +1,58 @@
+//! Reading and writing the guest's linear memory from a hostcall. A pointer outside the memory
+//! is the guest's bug: it traps that call rather than returning a status the SDK cannot handle.
+
+use crate::vm::HostState;
+use wasmtime::{Caller, Error, Result};
+
+fn memory(caller: &Caller<'_, HostState>) -> Result<wasmtime::Memory> {
+    caller.data().memory.ok_or_else(|| Error::msg("the module exports no memory"))
+}
+
+fn out_of_bounds(ptr: u32, len: u32) -> Error {
+    Error::msg(format!("guest pointer {ptr:#x}+{len} is outside its memory"))
+}
+
+/// Copies `len` bytes at `ptr` out of the guest.
+pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let data = memory(caller)?.data(caller);
+    let (start, end) = (ptr as usize, ptr as usize + len as usize);
+    data.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| out_of_bounds(ptr, len))
+}
+
+/// Like [`read`], as text; invalid UTF-8 is replaced, since names and messages are for humans.
+pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<String> {
+    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
+}
+
+pub fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> Result<()> {
+    let memory = memory(caller)?;
+    memory.write(caller, ptr as usize, bytes).map_err(|_| out_of_bounds(ptr, bytes.len() as u32))
+}
+
+pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: u32, value: u32) -> Result<()> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> Result<()> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Hands `bytes` to the guest: memory from the guest's own allocator, its address and size written
+/// at `ptr_out` and `size_out`. Nothing is allocated for empty bytes (the SDK reads null as empty).
+pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_out: u32, size_out: u32) -> Result<()> {
+    if bytes.is_empty() {
+        write_u32(caller, ptr_out, 0)?;
+        return write_u32(caller, size_out, 0);
+    }
+    let allocate = caller.data().allocate.clone().ok_or_else(|| Error::msg("the module exports no allocator"))?;
+    let address = allocate.call(&mut *caller, bytes.len() as u32)?;
+    if address == 0 {
+        return Err(Error::msg(format!("the guest allocator returned null for {} bytes", bytes.len())));
+    }
+    write(caller, address, bytes)?;
+    write_u32(caller, ptr_out, address)?;
+    write_u32(caller, size_out, bytes.len() as u32)
+}

@@ -1,0 +1,230 @@
+//! A request as a filter sees it during a callback: its header maps (with the HTTP/2 style
+//! pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, `:status`) and its properties.
+
+use crate::abi::MapType;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+use weft_proxy::chain::StreamInfo;
+
+pub struct StreamState {
+    pub info: Arc<StreamInfo>,
+    pub request: Option<http::request::Parts>,
+    pub response: Option<http::response::Parts>,
+    /// The writable `weft.upstream_cluster` property.
+    pub upstream_cluster: Option<String>,
+    /// Properties a filter set that weft does not interpret, readable back by the filters.
+    pub custom: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Why a header edit was refused.
+pub enum EditError {
+    /// The map is not available in this phase.
+    Unavailable,
+    Invalid(String),
+}
+
+impl StreamState {
+    pub fn new(info: Arc<StreamInfo>) -> Self {
+        StreamState { info, request: None, response: None, upstream_cluster: None, custom: Vec::new() }
+    }
+
+    fn headers(&self, map: MapType) -> Option<&HeaderMap> {
+        match map {
+            MapType::RequestHeaders => self.request.as_ref().map(|r| &r.headers),
+            MapType::ResponseHeaders => self.response.as_ref().map(|r| &r.headers),
+            _ => None,
+        }
+    }
+
+    fn headers_mut(&mut self, map: MapType) -> Option<&mut HeaderMap> {
+        match map {
+            MapType::RequestHeaders => self.request.as_mut().map(|r| &mut r.headers),
+            MapType::ResponseHeaders => self.response.as_mut().map(|r| &mut r.headers),
+            _ => None,
+        }
+    }
+
+    fn pseudo(&self, map: MapType) -> Vec<(&'static str, String)> {
+        match (map, &self.request, &self.response) {
+            (MapType::RequestHeaders, Some(request), _) => vec![
+                (":method", request.method.as_str().to_owned()),
+                (":path", request.uri.path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned())),
+                (":authority", authority(request)),
+                (":scheme", if self.info.tls.is_some() { "https".into() } else { "http".into() }),
+            ],
+            (MapType::ResponseHeaders, _, Some(response)) => vec![(":status", response.status.as_str().to_owned())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The whole map, pseudo-headers first; empty when the map is not available now.
+    pub fn pairs(&self, map: MapType) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+            self.pseudo(map).into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
+        if let Some(headers) = self.headers(map) {
+            pairs.extend(headers.iter().map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())));
+        }
+        pairs
+    }
+
+    pub fn count(&self, map: MapType) -> usize {
+        self.pseudo(map).len() + self.headers(map).map_or(0, HeaderMap::len)
+    }
+
+    /// One value (the first, if the header repeats).
+    pub fn value(&self, map: MapType, key: &str) -> Option<Vec<u8>> {
+        let key = key.to_ascii_lowercase();
+        if key.starts_with(':') {
+            return self.pseudo(map).into_iter().find(|(k, _)| *k == key).map(|(_, v)| v.into_bytes());
+        }
+        self.headers(map)?.get(key.as_str()).map(|v| v.as_bytes().to_vec())
+    }
+
+    /// Adds (`append`) or replaces a header; pseudo-headers rewrite the request line or status.
+    pub fn set(&mut self, map: MapType, key: &str, value: &[u8], append: bool) -> Result<(), EditError> {
+        let key = key.to_ascii_lowercase();
+        if key.starts_with(':') {
+            return self.set_pseudo(map, &key, value);
+        }
+        let name = HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| EditError::Invalid(format!("invalid header name {key:?}")))?;
+        let value = HeaderValue::from_bytes(value)
+            .map_err(|_| EditError::Invalid(format!("invalid value for header {key:?}")))?;
+        let headers = self.headers_mut(map).ok_or(EditError::Unavailable)?;
+        if append {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+        Ok(())
+    }
+
+    pub fn remove(&mut self, map: MapType, key: &str) -> Result<(), EditError> {
+        let key = key.to_ascii_lowercase();
+        if key.starts_with(':') {
+            return Ok(());
+        }
+        let headers = self.headers_mut(map).ok_or(EditError::Unavailable)?;
+        headers.remove(key.as_str());
+        Ok(())
+    }
+
+    /// Replaces the whole map with `pairs`.
+    pub fn replace_all(&mut self, map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), EditError> {
+        self.headers_mut(map).ok_or(EditError::Unavailable)?.clear();
+        for (key, value) in pairs {
+            self.set(map, &String::from_utf8_lossy(key), value, true)?;
+        }
+        Ok(())
+    }
+
+    fn set_pseudo(&mut self, map: MapType, key: &str, value: &[u8]) -> Result<(), EditError> {
+        let text = std::str::from_utf8(value).map_err(|_| EditError::Invalid(format!("{key} must be text")))?;
+        let invalid = |what: &str| EditError::Invalid(format!("invalid {what} {text:?}"));
+        match (map, key) {
+            (MapType::RequestHeaders, ":path") => {
+                let request = self.request.as_mut().ok_or(EditError::Unavailable)?;
+                let mut parts = request.uri.clone().into_parts();
+                parts.path_and_query = Some(text.parse().map_err(|_| invalid("path"))?);
+                request.uri = http::Uri::from_parts(parts).map_err(|_| invalid("path"))?;
+            }
+            (MapType::RequestHeaders, ":method") => {
+                let request = self.request.as_mut().ok_or(EditError::Unavailable)?;
+                request.method = text.parse().map_err(|_| invalid("method"))?;
+            }
+            (MapType::RequestHeaders, ":authority") => {
+                let request = self.request.as_mut().ok_or(EditError::Unavailable)?;
+                let host = HeaderValue::from_str(text).map_err(|_| invalid("authority"))?;
+                request.headers.insert(http::header::HOST, host);
+                if request.uri.authority().is_some() {
+                    let mut parts = request.uri.clone().into_parts();
+                    parts.authority = Some(text.parse().map_err(|_| invalid("authority"))?);
+                    request.uri = http::Uri::from_parts(parts).map_err(|_| invalid("authority"))?;
+                }
+            }
+            (MapType::ResponseHeaders, ":status") => {
+                let response = self.response.as_mut().ok_or(EditError::Unavailable)?;
+                response.status = text.parse().map_err(|_| invalid("status"))?;
+            }
+            // `:scheme` and unknown pseudo-headers describe the connection; nothing to rewrite.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A property's value in the ABI's encoding: strings raw, integers 8 bytes little-endian,
+    /// booleans one byte, maps as pairs.
+    pub fn property(&self, path: &[&str], plugin: &crate::PluginInfo) -> Option<Vec<u8>> {
+        let info = &self.info;
+        let text = |s: &str| Some(s.as_bytes().to_vec());
+        let int = |n: u64| Some(n.to_le_bytes().to_vec());
+        let request = self.request.as_ref();
+        match path {
+            ["request", "path"] => {
+                request.map(|r| r.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes().to_vec())
+            }
+            ["request", "url_path"] => request.map(|r| r.uri.path().as_bytes().to_vec()),
+            ["request", "host"] => request.map(|r| authority(r).into_bytes()),
+            ["request", "scheme"] => text(if info.tls.is_some() { "https" } else { "http" }),
+            ["request", "method"] => request.map(|r| r.method.as_str().as_bytes().to_vec()),
+            ["request", "id"] => request.and_then(|r| r.headers.get("x-request-id")).map(|v| v.as_bytes().to_vec()),
+            ["request", "protocol"] => request.map(|r| format!("{:?}", r.version).into_bytes()),
+            ["request", "time"] => {
+                let nanos = info.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+                int(nanos)
+            }
+            ["request", "headers"] => request.map(|_| {
+                let pairs = self.pairs(MapType::RequestHeaders);
+                crate::abi::encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            }),
+            ["request", "headers", name] => self.value(MapType::RequestHeaders, name),
+            ["response", "code"] => self.response.as_ref().map(|r| (r.status.as_u16() as u64).to_le_bytes().to_vec()),
+            ["response", "headers", name] => self.value(MapType::ResponseHeaders, name),
+            ["source", "address"] => text(&info.source.to_string()),
+            ["source", "port"] => int(info.source.port().into()),
+            ["destination", "address"] => text(&info.destination.to_string()),
+            ["destination", "port"] => int(info.destination.port().into()),
+            ["connection", "id"] => int(info.connection_id),
+            ["connection", "mtls"] => Some(vec![u8::from(
+                info.tls.as_ref().is_some_and(|t| t.peer_uri_san.is_some() || t.peer_subject.is_some()),
+            )]),
+            ["connection", "tls_version"] => info.tls.as_ref().map(|t| t.version.as_bytes().to_vec()),
+            ["connection", "uri_san_peer_certificate"] | ["source", "principal"] => {
+                info.tls.as_ref().and_then(|t| t.peer_uri_san.as_ref()).map(|s| s.as_bytes().to_vec())
+            }
+            ["connection", "subject_peer_certificate"] => {
+                info.tls.as_ref().and_then(|t| t.peer_subject.as_ref()).map(|s| s.as_bytes().to_vec())
+            }
+            ["listener_name"] => text(info.listener.as_str()),
+            ["plugin_name"] => text(&plugin.name),
+            ["plugin_root_id"] => text(&plugin.root_id),
+            ["weft", "upstream_cluster"] | ["cluster_name"] => self.upstream_cluster.as_deref().and_then(text),
+            _ => {
+                let joined = path.join("\0");
+                self.custom.iter().find(|(k, _)| k == joined.as_bytes()).map(|(_, v)| v.clone())
+            }
+        }
+    }
+
+    /// Sets a property: `weft.upstream_cluster` routes the request; other paths are kept for the
+    /// filters to read back (like Envoy's filter state).
+    pub fn set_property(&mut self, path: &[&str], value: &[u8]) {
+        match path {
+            ["weft", "upstream_cluster"] => self.upstream_cluster = Some(String::from_utf8_lossy(value).into_owned()),
+            _ => {
+                let joined = path.join("\0").into_bytes();
+                self.custom.retain(|(k, _)| *k != joined);
+                self.custom.push((joined, value.to_vec()));
+            }
+        }
+    }
+}
+
+fn authority(request: &http::request::Parts) -> String {
+    request
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default()
+}
