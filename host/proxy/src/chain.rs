@@ -59,7 +59,11 @@ pub trait FilterStream: Send {
 /// Builds the filters of a config. The proxy calls it on every load; an error refuses the config.
 pub trait FilterLoader: Send + Sync {
     /// One filter per entry of `filters` (by name), or an error per entry that cannot load.
-    fn load(&self, filters: &[weft_config::Filter]) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>>;
+    fn load(
+        &self,
+        filters: &[weft_config::Filter],
+        metrics: &Arc<crate::metrics::Metrics>,
+    ) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>>;
 }
 
 /// A listener's ordered filters.

@@ -70,6 +70,13 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterFailureLabels {
+    pub filter: Name,
+    /// `trap`, `deadline` or `start`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -94,6 +101,7 @@ pub struct Metrics {
     pub tcp_bytes_sent: Family<ListenerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
+    pub filter_failures: Family<FilterFailureLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -120,6 +128,7 @@ impl Metrics {
             tcp_bytes_sent: Family::default(),
             config_reloads: Family::default(),
             config_version: Gauge::default(),
+            filter_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,6 +178,11 @@ impl Metrics {
         registry.register("tcp_sent_bytes", "Bytes sent to clients on tcp listeners", m.tcp_bytes_sent.clone());
         registry.register("config_reloads", "Config loads by result (ok, rejected)", m.config_reloads.clone());
         registry.register("config_version", "Version number of the config in force", m.config_version.clone());
+        registry.register(
+            "filter_failures",
+            "Filter calls that failed (trap, deadline) or instances that could not start; each replaced the instance",
+            m.filter_failures.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -36,7 +36,7 @@ impl Snapshot {
         loader: Option<&Arc<dyn FilterLoader>>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let filters = load_filters(&config, loader).await?;
+        let filters = load_filters(&config, loader, metrics).await?;
         let mut clusters = HashMap::new();
         for (i, cluster) in config.clusters.iter().enumerate() {
             match Cluster::build(cluster, &format!("clusters[{i}]"), metrics).await {
@@ -90,6 +90,7 @@ impl Snapshot {
 async fn load_filters(
     config: &Config,
     loader: Option<&Arc<dyn FilterLoader>>,
+    metrics: &Arc<Metrics>,
 ) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>> {
     if config.filters.is_empty() {
         return Ok(HashMap::new());
@@ -97,8 +98,8 @@ async fn load_filters(
     let Some(loader) = loader.cloned() else {
         return Err(vec![FieldError::new("filters", "this proxy was started without a Wasm runtime")]);
     };
-    let filters = config.filters.clone();
-    tokio::task::spawn_blocking(move || loader.load(&filters))
+    let (filters, metrics) = (config.filters.clone(), metrics.clone());
+    tokio::task::spawn_blocking(move || loader.load(&filters, &metrics))
         .await
         .map_err(|e| vec![FieldError::new("filters", format!("loading stopped: {e}"))])?
 }

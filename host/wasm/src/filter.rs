@@ -8,13 +8,13 @@ use crate::stream::StreamState;
 use crate::vm::{LocalResponse, Vm, VmError};
 use crate::PluginInfo;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use weft_config::FailurePolicy;
 use weft_proxy::chain::{FilterStream, HttpFilter, RequestDecisions, StreamInfo, Verdict};
 use weft_proxy::http::{LocalReply, ProxyBody};
-use weft_proxy::metrics::Name;
+use weft_proxy::metrics::{FilterFailureLabels, Metrics, Name};
 
 /// The first wait before replacing a failed instance; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -34,7 +34,7 @@ struct Shared {
     policy: FailurePolicy,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
-    pub failures: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 pub struct WasmFilter {
@@ -48,13 +48,14 @@ impl WasmFilter {
         module: Arc<FilterModule>,
         policy: FailurePolicy,
         instances: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<WasmFilter, VmError> {
         let mut slots = Vec::with_capacity(instances.max(1));
         for _ in 0..instances.max(1) {
             let vm = Vm::start(&module, plugin.clone())?;
             slots.push(Mutex::new(Slot { vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF }));
         }
-        let shared = Shared { plugin, module, policy, slots, next: AtomicUsize::new(0), failures: AtomicU64::new(0) };
+        let shared = Shared { plugin, module, policy, slots, next: AtomicUsize::new(0), metrics };
         Ok(WasmFilter { shared: Arc::new(shared) })
     }
 }
@@ -93,6 +94,7 @@ impl Shared {
                     tracing::info!(filter = %self.plugin.name, "filter instance replaced");
                 }
                 Err(error) => {
+                    self.count_failure("start");
                     tracing::error!(filter = %self.plugin.name, %error, "cannot replace the filter instance");
                     self.schedule_retry(slot);
                 }
@@ -101,18 +103,26 @@ impl Shared {
         slot.vm.as_mut()
     }
 
+    fn count_failure(&self, reason: &'static str) {
+        let labels = FilterFailureLabels { filter: Name::new(&self.plugin.name), reason };
+        self.metrics.filter_failures.get_or_create(&labels).inc();
+    }
+
     fn schedule_retry(&self, slot: &mut Slot) {
         slot.retry_at = Some(Instant::now() + slot.backoff);
         slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Discards a failed instance and answers for the request per the failure policy.
+    /// Discards a failed instance, replaces it at once (so the next request finds a fresh one),
+    /// and answers for the request per the failure policy. Only an instance that cannot even be
+    /// made again waits out a growing backoff.
     fn failed(&self, slot: &mut Slot, error: &VmError) -> Verdict {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.count_failure(if matches!(error, VmError::Deadline(_)) { "deadline" } else { "trap" });
         tracing::error!(filter = %self.plugin.name, %error, policy = ?self.policy, "filter failed; its instance is replaced");
         slot.vm = None;
         slot.generation += 1;
-        self.schedule_retry(slot);
+        slot.retry_at = None;
+        let _ = self.ready(slot);
         self.policy_verdict()
     }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weft_config::FieldError;
 use weft_proxy::chain::{FilterLoader, HttpFilter};
+use weft_proxy::metrics::Metrics;
 
 /// What an instance knows about the filter it serves.
 pub struct PluginInfo {
@@ -67,7 +68,12 @@ impl WasmLoader {
         Ok(compiled)
     }
 
-    fn load_one(&self, filter: &weft_config::Filter, at: &str) -> Result<Arc<dyn HttpFilter>, FieldError> {
+    fn load_one(
+        &self,
+        filter: &weft_config::Filter,
+        at: &str,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<dyn HttpFilter>, FieldError> {
         if filter.module.starts_with("sha256:") {
             return Err(FieldError::new(
                 format!("{at}.module"),
@@ -88,7 +94,7 @@ impl WasmLoader {
             memory_limit: filter.limits.memory.bytes() as usize,
             time_limit: filter.limits.time_per_call.get(),
         });
-        let started = WasmFilter::new(plugin, module, filter.failure_policy, self.instances);
+        let started = WasmFilter::new(plugin, module, filter.failure_policy, self.instances, metrics.clone());
         let filter = started.map_err(|error| match error {
             vm::VmError::ConfigureRefused => {
                 FieldError::new(format!("{at}.config"), "refused by the filter (proxy_on_configure returned false)")
@@ -100,11 +106,15 @@ impl WasmLoader {
 }
 
 impl FilterLoader for WasmLoader {
-    fn load(&self, filters: &[weft_config::Filter]) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>> {
+    fn load(
+        &self,
+        filters: &[weft_config::Filter],
+        metrics: &Arc<Metrics>,
+    ) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>> {
         let mut loaded = HashMap::new();
         let mut errors = Vec::new();
         for (i, filter) in filters.iter().enumerate() {
-            match self.load_one(filter, &format!("filters[{i}]")) {
+            match self.load_one(filter, &format!("filters[{i}]"), metrics) {
                 Ok(built) => {
                     loaded.insert(filter.name.clone(), built);
                 }

@@ -1,0 +1,222 @@
+//! Proxy-Wasm filters built with the public `proxy-wasm` crate, unmodified, in a real weft:
+//! header edits both ways, local responses (HTTP and gRPC), routing by `weft.upstream_cluster`,
+//! properties, a config the filter refuses, modules that are not Proxy-Wasm, and containment of
+//! filters that trap, spin or eat memory.
+
+mod support;
+
+use support::filters::test_filters;
+use support::upstream::echo;
+use support::weft::{binary, metric};
+use support::{curl_ok, get, raw_exchange, TempDir, Weft};
+
+fn filter_config(mode: &str, extra: &str, clusters: &[(&str, String)]) -> String {
+    let clusters: String =
+        clusters.iter().map(|(name, ep)| format!("  - name: {name}\n    endpoints: [\"{ep}\"]\n")).collect();
+    format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:0
+    cluster: {default}
+    filters: [test]
+  - name: plain
+    address: 127.0.0.1:0
+    cluster: {default}
+clusters:
+{clusters}
+filters:
+  - name: test
+    module: {module}
+    config: {{ mode: {mode} }}
+{extra}
+"#,
+        default = clusters.lines().next().unwrap().trim_start_matches("  - name: "),
+        module = test_filters().display(),
+    )
+}
+
+fn seen(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test]
+async fn a_filter_edits_request_and_response_headers() {
+    let web = echo("web").await;
+    let weft = Weft::start(&filter_config("headers", "", &[("web", web.endpoint())])).await;
+    let out = curl_ok(&["-i", "-H", "x-remove-me: please", &weft.url("public", "/some/path")]).await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let upstream = seen(body);
+    let headers = &upstream["headers"];
+    assert_eq!(headers["x-filtered-by"], "test", "plugin_name property");
+    assert_eq!(headers["x-path-seen"], "/some/path", ":path pseudo-header");
+    assert!(headers.get("x-remove-me").is_none(), "removed by the filter");
+    assert!(headers["x-header-count"].as_str().unwrap().parse::<u32>().unwrap() >= 6);
+    assert!(head.to_ascii_lowercase().contains("x-response-filtered: saw 200"), "{head}");
+    assert!(weft.stderr().contains("configured in mode headers"), "the filter's log reaches weft's log");
+
+    // A listener without the filter is untouched.
+    let plain = seen(&get(weft.addr("plain"), "/").await.body);
+    assert!(plain["headers"].get("x-filtered-by").is_none());
+}
+
+#[tokio::test]
+async fn a_filter_answers_requests_itself() {
+    let web = echo("web").await;
+    let weft = Weft::start(&filter_config("deny", "", &[("web", web.endpoint())])).await;
+    let denied =
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nx-deny: 1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.header("x-denied-by").as_deref(), Some("test-filter"));
+    assert_eq!(denied.body, "denied by a filter\n");
+    assert_eq!(web.requests(), 0, "a denied request never reaches the upstream");
+    assert_eq!(get(weft.addr("public"), "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_filter_answers_grpc_requests_with_a_grpc_status() {
+    let grpc = support::grpc::server().await;
+    let config = filter_config("grpc_deny", "", &[("grpc", grpc.addr.to_string())])
+        .replace("    endpoints: [", "    protocol: http2\n    endpoints: [");
+    let weft = Weft::start(&config).await;
+    let status = support::grpc::say(weft.addr("public"), "hi").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "not for you");
+    assert_eq!(support::grpc::say(weft.addr("plain"), "hi").await.unwrap().message, "echo: hi");
+}
+
+#[tokio::test]
+async fn a_filter_routes_by_setting_the_upstream_cluster() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let weft = Weft::start(&filter_config("route", "", &[("a", a.endpoint()), ("b", b.endpoint())])).await;
+    let upstream = |out: String| seen(&out)["upstream"].as_str().unwrap().to_string();
+    assert_eq!(upstream(curl_ok(&[&weft.url("public", "/")]).await), "a", "the listener's cluster by default");
+    assert_eq!(upstream(curl_ok(&["-H", "x-route-to: b", &weft.url("public", "/")]).await), "b");
+    let nowhere = raw_exchange(
+        weft.addr("public"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nx-route-to: nope\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(nowhere.status, 404);
+    assert_eq!(nowhere.header("x-weft-error").as_deref(), Some("no route"));
+}
+
+#[tokio::test]
+async fn a_filter_reads_properties_of_the_request_and_connection() {
+    let web = echo("web").await;
+    let weft = Weft::start(&filter_config("props", "", &[("web", web.endpoint())])).await;
+    let body = curl_ok(&["-H", "x-request-id: req-7", &weft.url("public", "/")]).await;
+    let headers = &seen(&body)["headers"];
+    assert!(headers["x-prop-source"].as_str().unwrap().starts_with("127.0.0.1:"), "{headers}");
+    assert_eq!(headers["x-prop-request-id"], "req-7");
+    assert_eq!(headers["x-prop-method"], "GET");
+    assert_eq!(headers["x-prop-listener"], "public");
+    assert!(headers["x-prop-connection-id"].as_str().unwrap().parse::<u64>().is_ok());
+    assert_eq!(headers["x-prop-destination-port"], weft.addr("public").port().to_string());
+}
+
+#[tokio::test]
+async fn bad_modules_and_refused_configs_are_refused_at_load() {
+    let web = echo("web").await;
+    let dir = TempDir::new("bad-filters");
+    let not_wasm = dir.join("not.wasm");
+    std::fs::write(&not_wasm, b"definitely not wasm").unwrap();
+    // The smallest valid WebAssembly module: no Proxy-Wasm exports at all.
+    let bare = dir.join("bare.wasm");
+    std::fs::write(&bare, b"\0asm\x01\0\0\0").unwrap();
+    let cases = [
+        (
+            filter_config("headers", "", &[("web", web.endpoint())])
+                .replace("mode: headers", "mode: headers, refuse: true"),
+            "filters[0].config: refused by the filter",
+        ),
+        (
+            filter_config("headers", "", &[("web", web.endpoint())])
+                .replace(&test_filters().display().to_string(), &not_wasm.display().to_string()),
+            "not a WebAssembly module",
+        ),
+        (
+            filter_config("headers", "", &[("web", web.endpoint())])
+                .replace(&test_filters().display().to_string(), &bare.display().to_string()),
+            "not a Proxy-Wasm module",
+        ),
+    ];
+    for (config, expected) in cases {
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, &config).unwrap();
+        let output = tokio::process::Command::new(binary())
+            .args(["proxy", "--admin", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+    }
+
+    // On reload, a bad module is refused and the running filter keeps working.
+    let mut weft = Weft::start(&filter_config("deny", "", &[("web", web.endpoint())])).await;
+    std::fs::write(
+        &weft.config_path,
+        filter_config("deny", "", &[("web", web.endpoint())])
+            .replace(&test_filters().display().to_string(), &not_wasm.display().to_string()),
+    )
+    .unwrap();
+    weft.signal("HUP");
+    let admin = weft.admin;
+    support::eventually("the bad module to be refused", || async move {
+        metric(&get(admin, "/metrics").await.body, "weft_config_reloads_total{result=\"rejected\"}").unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nx-deny: 1\r\nConnection: close\r\n\r\n")
+            .await
+            .status,
+        403
+    );
+    let _ = &mut weft;
+}
+
+/// Each misbehaviour with each failure policy, while well-behaved requests through the same
+/// filter and the same proxy keep succeeding.
+#[tokio::test]
+async fn misbehaving_filters_are_contained() {
+    let web = echo("web").await;
+    for (policy, expected) in [("fail_closed", 503), ("fail_open", 200)] {
+        let extra = format!("    failure_policy: {policy}\n    limits: {{ memory: 16MiB, time_per_call: 50ms }}");
+        let weft = Weft::start(&filter_config("misbehave", &extra, &[("web", web.endpoint())])).await;
+        for trigger in ["x-trap", "x-spin", "x-hog"] {
+            let bad = raw_exchange(
+                weft.addr("public"),
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{trigger}: 1\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(bad.status, expected, "{policy} {trigger}: {bad:?}");
+            if expected == 503 {
+                assert_eq!(bad.header("x-weft-error").as_deref(), Some("filter failed"));
+            } else {
+                assert!(seen(&bad.body)["headers"].get("x-survived").is_none(), "the failed filter was skipped");
+            }
+            for _ in 0..4 {
+                let good = get(weft.addr("public"), "/").await;
+                assert_eq!(good.status, 200, "{policy}, after {trigger}: a well-behaved request succeeds");
+                assert_eq!(seen(&good.body)["headers"]["x-survived"], "yes", "and the filter ran on it");
+            }
+        }
+        let metrics = weft.metrics().await;
+        assert_eq!(
+            metric(&metrics, "weft_filter_failures_total{filter=\"test\",reason=\"deadline\"}"),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert!(
+            metric(&metrics, "weft_filter_failures_total{filter=\"test\",reason=\"trap\"}").unwrap_or(0.0) >= 2.0,
+            "{metrics}"
+        );
+        let stderr = weft.stderr();
+        assert!(stderr.contains("trapping on purpose"), "the guest's panic message is in the log:\n{stderr}");
+        assert!(stderr.contains("ran past its 50 ms time limit"), "{stderr}");
+    }
+}
