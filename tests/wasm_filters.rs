@@ -215,8 +215,39 @@ async fn misbehaving_filters_are_contained() {
             metric(&metrics, "weft_filter_failures_total{filter=\"test\",reason=\"trap\"}").unwrap_or(0.0) >= 2.0,
             "{metrics}"
         );
+        let filters = weft.admin_json("/filters").await;
+        let test = &filters["filters"][0];
+        assert_eq!(test["name"], "test");
+        assert!(test["module"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(test["instances"], test["instances_wanted"], "every failed instance was replaced: {test}");
+        assert!(test["failures"].as_u64().unwrap() >= 3, "{test}");
+        assert!(test["calls"].as_u64().unwrap() >= 15, "{test}");
         let stderr = weft.stderr();
         assert!(stderr.contains("trapping on purpose"), "the guest's panic message is in the log:\n{stderr}");
         assert!(stderr.contains("ran past its 50 ms time limit"), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn filters_share_data_across_instances_and_export_their_metrics() {
+    let web = echo("web").await;
+    let weft = Weft::start(&filter_config("count", "", &[("web", web.endpoint())])).await;
+    for expected in 1..=6u64 {
+        let body = curl_ok(&[&weft.url("public", "/count")]).await;
+        let headers = &seen(&body)["headers"];
+        // Requests alternate between the filter's instances: the count is shared all the same.
+        assert_eq!(headers["x-shared-count"], expected.to_string());
+        assert_eq!(headers["x-metric-total"], expected.to_string());
+    }
+    let metrics = weft.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weft_filter_counter_total{filter=\"test\",name=\"requests_seen\"}"),
+        Some(6.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "weft_filter_histogram_count{filter=\"test\",name=\"path_length\"}"),
+        Some(6.0),
+        "{metrics}"
+    );
 }

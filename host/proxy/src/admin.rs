@@ -51,8 +51,9 @@ fn route(proxy: &Proxy, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/config" => json(proxy.config_dump()),
         "/clusters" => json(proxy.clusters_dump()),
-        "/" => text(StatusCode::OK, "weft admin: /ready /metrics /config /clusters\n".into()),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /ready /metrics /config /clusters\n".into()),
+        "/filters" => json(proxy.filters_dump()),
+        "/" => text(StatusCode::OK, "weft admin: /ready /metrics /config /clusters /filters\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /ready /metrics /config /clusters /filters\n".into()),
     }
 }
 

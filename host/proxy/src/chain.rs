@@ -43,6 +43,10 @@ pub struct StreamInfo {
 /// A filter as configured: it starts one [`FilterStream`] per request.
 pub trait HttpFilter: Send + Sync {
     fn start(&self, info: &Arc<StreamInfo>) -> Box<dyn FilterStream>;
+    /// What the admin `/filters` shows about the filter.
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// One filter's view of one request. Each phase defaults to "continue". Dropping it ends the

@@ -192,6 +192,26 @@ impl Proxy {
         })
     }
 
+    /// The admin `/filters` document: each filter's module, instances, calls, failures, memory.
+    pub fn filters_dump(&self) -> serde_json::Value {
+        let snapshot = self.snapshot();
+        let mut names: Vec<&String> = snapshot.filters.keys().collect();
+        names.sort();
+        let filters: Vec<_> = names
+            .into_iter()
+            .map(|name| {
+                let mut entry = serde_json::json!({ "name": name });
+                if let (Some(entry), serde_json::Value::Object(status)) =
+                    (entry.as_object_mut(), snapshot.filters[name].status())
+                {
+                    entry.extend(status);
+                }
+                entry
+            })
+            .collect();
+        serde_json::json!({ "filters": filters })
+    }
+
     /// The admin `/clusters` document.
     pub fn clusters_dump(&self) -> serde_json::Value {
         let snapshot = self.snapshot();

@@ -76,6 +76,13 @@ pub struct FilterFailureLabels {
     pub reason: &'static str,
 }
 
+/// A metric a filter defined (`proxy_define_metric`), by the filter and the name it gave.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterMetricLabels {
+    pub filter: Name,
+    pub name: Name,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -102,11 +109,19 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
+    pub filter_counters: Family<FilterMetricLabels, Counter>,
+    pub filter_gauges: Family<FilterMetricLabels, Gauge>,
+    pub filter_histograms: HistogramFamily<FilterMetricLabels>,
 }
 
 fn duration_histogram() -> Histogram {
     // 100µs .. ~26s, doubling.
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+fn filter_histogram() -> Histogram {
+    // Filters record plain numbers of their own choosing: 1 .. ~1M, doubling.
+    Histogram::new(exponential_buckets(1.0, 2.0, 21))
 }
 
 impl Metrics {
@@ -129,6 +144,9 @@ impl Metrics {
             config_reloads: Family::default(),
             config_version: Gauge::default(),
             filter_failures: Family::default(),
+            filter_counters: Family::default(),
+            filter_gauges: Family::default(),
+            filter_histograms: Family::new_with_constructor(filter_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -182,6 +200,17 @@ impl Metrics {
             "filter_failures",
             "Filter calls that failed (trap, deadline) or instances that could not start; each replaced the instance",
             m.filter_failures.clone(),
+        );
+        registry.register(
+            "filter_counter",
+            "Counters defined by filters (proxy_define_metric)",
+            m.filter_counters.clone(),
+        );
+        registry.register("filter_gauge", "Gauges defined by filters (proxy_define_metric)", m.filter_gauges.clone());
+        registry.register(
+            "filter_histogram",
+            "Histograms defined by filters (proxy_define_metric)",
+            m.filter_histograms.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub config: Config,
     pub listeners: HashMap<String, Arc<ListenerState>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Every configured filter, by name (listeners hold them in their chains).
+    pub filters: HashMap<String, Arc<dyn HttpFilter>>,
 }
 
 /// What a listener needs per connection and per request.
@@ -82,7 +84,7 @@ impl Snapshot {
             return Err(errors);
         }
         let digest = config.digest();
-        Ok(Snapshot { version, digest, config, listeners, clusters })
+        Ok(Snapshot { version, digest, config, listeners, clusters, filters })
     }
 }
 

@@ -8,7 +8,7 @@ use crate::stream::StreamState;
 use crate::vm::{LocalResponse, Vm, VmError};
 use crate::PluginInfo;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use weft_config::FailurePolicy;
@@ -35,6 +35,8 @@ struct Shared {
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     metrics: Arc<Metrics>,
+    calls: AtomicU64,
+    failures: AtomicU64,
 }
 
 pub struct WasmFilter {
@@ -55,7 +57,16 @@ impl WasmFilter {
             let vm = Vm::start(&module, plugin.clone())?;
             slots.push(Mutex::new(Slot { vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF }));
         }
-        let shared = Shared { plugin, module, policy, slots, next: AtomicUsize::new(0), metrics };
+        let shared = Shared {
+            plugin,
+            module,
+            policy,
+            slots,
+            next: AtomicUsize::new(0),
+            metrics,
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        };
         Ok(WasmFilter { shared: Arc::new(shared) })
     }
 }
@@ -68,6 +79,22 @@ impl HttpFilter for WasmFilter {
             slot,
             context: None,
             state: Some(StreamState::new(info.clone())),
+        })
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let shared = &self.shared;
+        let memory: Vec<Option<usize>> =
+            (0..shared.slots.len()).map(|i| shared.lock(i).vm.as_ref().map(Vm::memory_bytes)).collect();
+        serde_json::json!({
+            "module": shared.module.digest,
+            "failure_policy": shared.policy,
+            "instances": memory.iter().filter(|m| m.is_some()).count(),
+            "instances_wanted": shared.slots.len(),
+            "calls": shared.calls.load(Ordering::Relaxed),
+            "failures": shared.failures.load(Ordering::Relaxed),
+            "memory_bytes": memory,
+            "memory_limit_bytes": shared.plugin.memory_limit,
         })
     }
 }
@@ -104,6 +131,7 @@ impl Shared {
     }
 
     fn count_failure(&self, reason: &'static str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let labels = FilterFailureLabels { filter: Name::new(&self.plugin.name), reason };
         self.metrics.filter_failures.get_or_create(&labels).inc();
     }
@@ -170,6 +198,7 @@ impl WasmStream {
         };
         let Some(mut state) = self.state.take() else { return Err(shared.policy_verdict()) };
         install(&mut state);
+        shared.calls.fetch_add(1, Ordering::Relaxed);
         let count = header_count(&state) as u32;
         let (mut state, result) = vm.on_headers(response, context, count, state);
         remove(&mut state);

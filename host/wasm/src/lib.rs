@@ -10,6 +10,7 @@ mod filter;
 mod hostcalls;
 mod memory;
 pub mod module;
+mod shared;
 mod stream;
 mod vm;
 
@@ -31,6 +32,11 @@ pub struct PluginInfo {
     pub configuration: Vec<u8>,
     pub memory_limit: usize,
     pub time_limit: Duration,
+    /// Key-value data all instances of the filter share.
+    pub shared_data: Arc<shared::SharedData>,
+    /// Metrics the filter defined.
+    pub defined_metrics: Arc<shared::DefinedMetrics>,
+    pub proxy_metrics: Arc<Metrics>,
 }
 
 impl PluginInfo {
@@ -49,12 +55,14 @@ pub struct WasmLoader {
     engine: Arc<WasmEngine>,
     instances: usize,
     compiled: Mutex<HashMap<String, Arc<module::FilterModule>>>,
+    /// Per filter name, so data and metric ids survive reloads.
+    shared: Mutex<HashMap<String, (Arc<shared::SharedData>, Arc<shared::DefinedMetrics>)>>,
 }
 
 impl WasmLoader {
     /// `instances`: warm instances per filter; one per worker thread avoids waiting on each other.
     pub fn new(instances: usize) -> Result<WasmLoader, String> {
-        Ok(WasmLoader { engine: WasmEngine::new()?, instances, compiled: Mutex::default() })
+        Ok(WasmLoader { engine: WasmEngine::new()?, instances, compiled: Mutex::default(), shared: Mutex::default() })
     }
 
     fn module(&self, bytes: &[u8]) -> Result<Arc<module::FilterModule>, String> {
@@ -87,7 +95,12 @@ impl WasmLoader {
             .map_err(|reason| FieldError::new(format!("{at}.module"), format!("{}: {reason}", filter.module)))?;
         let configuration =
             if filter.config.is_null() { Vec::new() } else { serde_json::to_vec(&filter.config).unwrap_or_default() };
+        let (shared_data, defined_metrics) =
+            self.shared.lock().unwrap_or_else(|e| e.into_inner()).entry(filter.name.clone()).or_default().clone();
         let plugin = Arc::new(PluginInfo {
+            shared_data,
+            defined_metrics,
+            proxy_metrics: metrics.clone(),
             name: filter.name.clone(),
             root_id: filter.root_id.clone(),
             configuration,

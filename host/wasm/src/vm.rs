@@ -140,6 +140,11 @@ impl Vm {
         })
     }
 
+    /// Size of the instance's linear memory now.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory.map_or(0, |m| m.data_size(&self.store))
+    }
+
     /// Creates a stream context (a request) inside this instance.
     pub fn create_context(&mut self) -> Result<u32, VmError> {
         let id = self.next_context;

@@ -16,8 +16,15 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(&cli.log);
     let workers = cli.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().worker_threads(workers);
+    // One worker needs no work stealing: the single-threaded scheduler is cheaper per request.
+    let mut runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    runtime.enable_all();
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {

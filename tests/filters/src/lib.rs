@@ -5,11 +5,14 @@
 //! - `grpc_deny`: answers gRPC PERMISSION_DENIED itself
 //! - `route`: routes to the cluster named by `x-route-to` (property `weft.upstream_cluster`)
 //! - `props`: copies properties into request headers the upstream can show
+//! - `count`: counts requests in shared data (compare-and-swap, shared by every instance) and in
+//!   metrics it defines (a counter and a histogram)
 //! - `misbehave`: panics on `x-trap`, loops forever on `x-spin`, eats memory on `x-hog`
 //! `{"refuse": true}` makes `on_configure` say no.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel, MetricType};
 use serde::Deserialize;
 
 proxy_wasm::main! {{
@@ -106,6 +109,26 @@ impl HttpContext for Filter {
                 ];
                 for (name, value) in props {
                     self.set_http_request_header(name, Some(&value));
+                }
+            }
+            "count" => {
+                let seen = loop {
+                    let (value, cas) = self.get_shared_data("requests");
+                    let count = value.and_then(|v| v.try_into().ok()).map_or(0, u64::from_le_bytes) + 1;
+                    // A mismatch means another instance counted meanwhile: read again and retry.
+                    if self.set_shared_data("requests", Some(&count.to_le_bytes()), cas).is_ok() {
+                        break count;
+                    }
+                };
+                self.set_http_request_header("x-shared-count", Some(&seen.to_string()));
+                let path = self.get_http_request_header(":path").unwrap_or_default();
+                if let Ok(id) = hostcalls::define_metric(MetricType::Counter, "requests_seen") {
+                    hostcalls::increment_metric(id, 1).ok();
+                    let total = hostcalls::get_metric(id).unwrap_or(0);
+                    self.set_http_request_header("x-metric-total", Some(&total.to_string()));
+                }
+                if let Ok(id) = hostcalls::define_metric(MetricType::Histogram, "path_length") {
+                    hostcalls::record_metric(id, path.len() as u64).ok();
                 }
             }
             "misbehave" => {

@@ -7,6 +7,7 @@ mod wasi;
 
 use crate::abi::{self, status, BufferType, MapType};
 use crate::memory;
+use crate::shared::MetricOutcome;
 use crate::stream::EditError;
 use crate::vm::{HostState, LocalResponse};
 use wasmtime::{Caller, Error, Linker, Result};
@@ -19,6 +20,7 @@ pub fn define(linker: &mut Linker<HostState>) -> Result<()> {
     define_header_maps(linker)?;
     define_buffers_and_properties(linker)?;
     define_stream_control(linker)?;
+    define_shared_data_and_metrics(linker)?;
     define_not_yet_supported(linker)?;
     Ok(())
 }
@@ -244,6 +246,72 @@ fn define_stream_control(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
+fn metric_status(outcome: MetricOutcome) -> u32 {
+    match outcome {
+        MetricOutcome::Ok => status::OK,
+        MetricOutcome::NotFound => status::NOT_FOUND,
+        MetricOutcome::BadArgument => status::BAD_ARGUMENT,
+    }
+}
+
+fn define_shared_data_and_metrics(linker: &mut Linker<HostState>) -> Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut caller: Ctx, key: u32, key_len: u32, ptr_out: u32, size_out: u32, cas_out: u32| -> Result<u32> {
+            let key = memory::read(&caller, key, key_len)?;
+            match caller.data().plugin.shared_data.get(&key) {
+                Some((value, cas)) => {
+                    memory::give(&mut caller, &value, ptr_out, size_out)?;
+                    memory::write_u32(&mut caller, cas_out, cas)?;
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |caller: Ctx, key: u32, key_len: u32, value: u32, value_len: u32, cas: u32| -> Result<u32> {
+            let key = memory::read(&caller, key, key_len)?;
+            let value = memory::read(&caller, value, value_len)?;
+            Ok(if caller.data().plugin.shared_data.set(&key, value, cas) { status::OK } else { status::CAS_MISMATCH })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut caller: Ctx, kind: u32, name: u32, name_len: u32, id_out: u32| -> Result<u32> {
+            let name = memory::read_string(&caller, name, name_len)?;
+            let plugin = caller.data().plugin.clone();
+            match plugin.defined_metrics.define(&plugin.proxy_metrics, &plugin.name, kind, &name) {
+                Some(id) => {
+                    memory::write_u32(&mut caller, id_out, id)?;
+                    Ok(status::OK)
+                }
+                None => Ok(status::BAD_ARGUMENT),
+            }
+        },
+    )?;
+    linker.func_wrap("env", "proxy_increment_metric", |caller: Ctx, id: u32, offset: i64| -> u32 {
+        metric_status(caller.data().plugin.defined_metrics.increment(id, offset))
+    })?;
+    linker.func_wrap("env", "proxy_record_metric", |caller: Ctx, id: u32, value: u64| -> u32 {
+        metric_status(caller.data().plugin.defined_metrics.record(id, value))
+    })?;
+    linker.func_wrap("env", "proxy_get_metric", |mut caller: Ctx, id: u32, out: u32| -> Result<u32> {
+        match caller.data().plugin.defined_metrics.get(id) {
+            Ok(value) => {
+                memory::write_u64(&mut caller, out, value)?;
+                Ok(status::OK)
+            }
+            Err(outcome) => Ok(metric_status(outcome)),
+        }
+    })?;
+    Ok(())
+}
+
 /// Calls a filter can make that weft does not serve yet. The ones whose SDK wrappers take an
 /// error status answer it; the rest trap with their name.
 fn define_not_yet_supported(linker: &mut Linker<HostState>) -> Result<()> {
@@ -299,20 +367,6 @@ fn define_not_yet_supported(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap("env", "proxy_get_status", |_: Ctx, _c: u32, _p: u32, _s: u32| -> Result<u32> {
         Err(unsupported("proxy_get_status"))
     })?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        |_: Ctx, _k: u32, _kl: u32, _p: u32, _s: u32, _c: u32| -> Result<u32> {
-            Err(unsupported("proxy_get_shared_data (shared data)"))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |_: Ctx, _k: u32, _kl: u32, _v: u32, _vl: u32, _c: u32| -> Result<u32> {
-            Err(unsupported("proxy_set_shared_data (shared data)"))
-        },
-    )?;
     linker.func_wrap("env", "proxy_register_shared_queue", |_: Ctx, _n: u32, _nl: u32, _id: u32| -> Result<u32> {
         Err(unsupported("proxy_register_shared_queue (shared queues)"))
     })?;
@@ -327,12 +381,6 @@ fn define_not_yet_supported(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap("env", "proxy_enqueue_shared_queue", |_: Ctx, _id: u32, _p: u32, _l: u32| -> u32 {
         status::NOT_FOUND
     })?;
-    linker.func_wrap("env", "proxy_define_metric", |_: Ctx, _t: u32, _n: u32, _nl: u32, _id: u32| -> Result<u32> {
-        Err(unsupported("proxy_define_metric (filter metrics)"))
-    })?;
-    linker.func_wrap("env", "proxy_increment_metric", |_: Ctx, _id: u32, _offset: i64| -> u32 { status::NOT_FOUND })?;
-    linker.func_wrap("env", "proxy_record_metric", |_: Ctx, _id: u32, _value: u64| -> u32 { status::NOT_FOUND })?;
-    linker.func_wrap("env", "proxy_get_metric", |_: Ctx, _id: u32, _out: u32| -> u32 { status::NOT_FOUND })?;
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
