@@ -344,3 +344,26 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(support::get(weft.addr("public"), "/").await.status, 200, "a new connection is made when needed");
     assert_eq!(web.connections(), 2);
 }
+
+#[tokio::test]
+async fn idle_connections_past_the_pool_cap_are_closed() {
+    let web = echo("web").await;
+    let weft = Weft::start(&simple_config(&format!(
+        "  - name: web\n    endpoints: [\"{}\"]\n    max_idle_connections: 1\n",
+        web.endpoint()
+    )))
+    .await;
+    let addr = weft.addr("public");
+    let burst: Vec<_> =
+        (0..4).map(|_| tokio::spawn(async move { support::get(addr, "/slow/300").await.status })).collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(web.connections(), 4, "the burst needed four upstream connections");
+    let admin = weft.admin;
+    support::eventually("all but one idle upstream connection to close", || async move {
+        let metrics = support::get(admin, "/metrics").await.body;
+        support::weft::metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}") == Some(1.0)
+    })
+    .await;
+}

@@ -251,3 +251,15 @@ async fn filters_share_data_across_instances_and_export_their_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn filter_timers_tick() {
+    let web = echo("web").await;
+    let weft = Weft::start(&filter_config("tick", "", &[("web", web.endpoint())])).await;
+    let addr = weft.addr("public");
+    support::eventually("proxy_on_tick to have run a few times", || async move {
+        let response = get(addr, "/").await;
+        seen(&response.body)["headers"]["x-ticks"].as_str().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) >= 3
+    })
+    .await;
+}

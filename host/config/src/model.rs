@@ -126,6 +126,9 @@ pub struct Cluster {
     /// An idle pooled connection is closed after this long.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
+    /// Idle keep-alive connections kept per endpoint; more are closed when they fall idle.
+    #[serde(default = "defaults::max_idle_connections")]
+    pub max_idle_connections: u32,
 }
 
 mod defaults {
@@ -138,6 +141,9 @@ mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn max_idle_connections() -> u32 {
+        256
     }
 }
 

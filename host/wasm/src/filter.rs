@@ -67,7 +67,9 @@ impl WasmFilter {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         };
-        Ok(WasmFilter { shared: Arc::new(shared) })
+        let shared = Arc::new(shared);
+        spawn_ticker(&shared);
+        Ok(WasmFilter { shared })
     }
 }
 
@@ -159,6 +161,48 @@ impl Shared {
             FailurePolicy::FailClosed => Verdict::Respond(LocalReply::FilterFailed.into_response()),
             FailurePolicy::FailOpen => Verdict::Continue,
         }
+    }
+}
+
+/// How often the ticker looks for due timers; periods are honoured to this resolution.
+const TICK_RESOLUTION: Duration = Duration::from_millis(10);
+/// How often it looks when no instance has asked for ticks.
+const IDLE_TICK_CHECK: Duration = Duration::from_millis(100);
+
+/// Calls `proxy_on_tick` on each instance whose root asked for it, at its period. The thread
+/// ends by itself once the filter is gone (after a reload removed it).
+fn spawn_ticker(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let slots = shared.slots.len();
+    let name = format!("weft-tick-{}", shared.plugin.name);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let mut due: Vec<Option<Instant>> = vec![None; slots];
+        loop {
+            let Some(shared) = weak.upgrade() else { return };
+            let mut sleep = IDLE_TICK_CHECK;
+            for (index, next) in due.iter_mut().enumerate() {
+                let mut slot = shared.lock(index);
+                let Some(period) = slot.vm.as_ref().and_then(Vm::tick_period) else {
+                    *next = None;
+                    continue;
+                };
+                sleep = TICK_RESOLUTION;
+                let now = Instant::now();
+                if now < *next.get_or_insert(now + period) {
+                    continue;
+                }
+                *next = Some(now + period);
+                let result = slot.vm.as_mut().map_or(Ok(()), Vm::tick);
+                if let Err(error) = result {
+                    let _ = shared.failed(&mut slot, &error);
+                }
+            }
+            drop(shared);
+            std::thread::sleep(sleep);
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the filter's timer thread; its proxy_on_tick will not run");
     }
 }
 

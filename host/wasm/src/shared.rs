@@ -115,3 +115,39 @@ impl DefinedMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_and_swap_refuses_a_stale_token() {
+        let data = SharedData::default();
+        assert!(data.get(b"k").is_none());
+        assert!(data.set(b"k", b"1".to_vec(), 0));
+        let (value, token) = data.get(b"k").unwrap();
+        assert_eq!(value, b"1");
+        assert_ne!(token, 0);
+        assert!(data.set(b"k", b"2".to_vec(), token), "the current token wins");
+        assert!(!data.set(b"k", b"3".to_vec(), token), "the old token is stale now");
+        assert_eq!(data.get(b"k").unwrap().0, b"2");
+    }
+
+    #[test]
+    fn metrics_keep_their_id_and_kind() {
+        let metrics = Metrics::new();
+        let defined = DefinedMetrics::default();
+        let counter = defined.define(&metrics, "f", 0, "hits").unwrap();
+        assert_eq!(defined.define(&metrics, "f", 0, "hits"), Some(counter), "same name, same id");
+        assert!(matches!(defined.increment(counter, 2), MetricOutcome::Ok));
+        assert!(matches!(defined.increment(counter, -1), MetricOutcome::BadArgument), "counters only go up");
+        assert_eq!(defined.get(counter).ok(), Some(2));
+        let gauge = defined.define(&metrics, "f", 1, "level").unwrap();
+        assert!(matches!(defined.record(gauge, 40), MetricOutcome::Ok));
+        assert!(matches!(defined.increment(gauge, -10), MetricOutcome::Ok));
+        assert_eq!(defined.get(gauge).ok(), Some(30));
+        assert!(defined.define(&metrics, "f", 9, "bad").is_none());
+        assert!(matches!(defined.increment(99, 1), MetricOutcome::NotFound));
+        assert!(metrics.render().contains(r#"weft_filter_counter_total{filter="f",name="hits"} 2"#));
+    }
+}

@@ -228,3 +228,76 @@ fn authority(request: &http::request::Parts) -> String {
         .or_else(|| request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> StreamState {
+        let info = Arc::new(StreamInfo {
+            listener: weft_proxy::metrics::Name::new("public"),
+            connection_id: 7,
+            source: "127.0.0.1:5000".parse().unwrap(),
+            destination: "127.0.0.1:8080".parse().unwrap(),
+            tls: None,
+            started: std::time::SystemTime::UNIX_EPOCH,
+        });
+        let mut state = StreamState::new(info);
+        let request =
+            http::Request::get("/a?b=1").header("host", "shop.example").header("x-one", "1").body(()).unwrap();
+        state.request = Some(request.into_parts().0);
+        state
+    }
+
+    #[test]
+    fn request_maps_carry_pseudo_headers_first() {
+        let state = state();
+        let pairs = state.pairs(MapType::RequestHeaders);
+        let keys: Vec<_> = pairs.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+        assert_eq!(keys, [":method", ":path", ":authority", ":scheme", "host", "x-one"]);
+        assert_eq!(state.value(MapType::RequestHeaders, ":authority").unwrap(), b"shop.example");
+        assert_eq!(state.value(MapType::RequestHeaders, "X-One").unwrap(), b"1", "names are case-insensitive");
+        assert!(state.value(MapType::ResponseHeaders, ":status").is_none(), "no response yet");
+    }
+
+    #[test]
+    fn pseudo_headers_rewrite_the_request_line() {
+        let mut state = state();
+        assert!(state.set(MapType::RequestHeaders, ":path", b"/rewritten?x=2", false).is_ok());
+        assert!(state.set(MapType::RequestHeaders, ":method", b"POST", false).is_ok());
+        assert!(state.set(MapType::RequestHeaders, ":authority", b"other.example", false).is_ok());
+        let request = state.request.as_ref().unwrap();
+        assert_eq!(request.uri.path_and_query().unwrap().as_str(), "/rewritten?x=2");
+        assert_eq!(request.method, http::Method::POST);
+        assert_eq!(request.headers["host"], "other.example");
+        assert!(matches!(
+            state.set(MapType::RequestHeaders, ":path", b"no spaces allowed", false),
+            Err(EditError::Invalid(_))
+        ));
+        assert!(matches!(state.set(MapType::RequestHeaders, "bad name", b"v", false), Err(EditError::Invalid(_))));
+    }
+
+    #[test]
+    fn properties_use_the_abi_encodings() {
+        let mut state = state();
+        let plugin = crate::PluginInfo {
+            name: "f".into(),
+            root_id: "".into(),
+            configuration: Vec::new(),
+            memory_limit: 1 << 20,
+            time_limit: std::time::Duration::from_millis(10),
+            shared_data: Default::default(),
+            defined_metrics: Default::default(),
+            proxy_metrics: weft_proxy::metrics::Metrics::new(),
+        };
+        assert_eq!(state.property(&["request", "path"], &plugin).unwrap(), b"/a?b=1");
+        assert_eq!(state.property(&["request", "url_path"], &plugin).unwrap(), b"/a");
+        assert_eq!(state.property(&["source", "port"], &plugin).unwrap(), 5000u64.to_le_bytes());
+        assert_eq!(state.property(&["connection", "mtls"], &plugin).unwrap(), [0]);
+        assert!(state.property(&["source", "principal"], &plugin).is_none(), "no client certificate");
+        state.set_property(&["weft", "upstream_cluster"], b"canary");
+        assert_eq!(state.property(&["weft", "upstream_cluster"], &plugin).unwrap(), b"canary");
+        state.set_property(&["my", "note"], b"kept");
+        assert_eq!(state.property(&["my", "note"], &plugin).unwrap(), b"kept");
+    }
+}

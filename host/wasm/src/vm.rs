@@ -18,6 +18,8 @@ pub struct HostState {
     pub stream: Option<StreamState>,
     /// A local response the running callback asked for.
     pub local_response: Option<LocalResponse>,
+    /// How often the root context wants `proxy_on_tick` (set by the guest; `None`: never).
+    pub tick_period: Option<std::time::Duration>,
 }
 
 /// `proxy_send_local_response`'s arguments, applied when the callback returns.
@@ -52,6 +54,7 @@ struct Exports {
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
+    on_tick: Option<TypedFunc<u32, ()>>,
 }
 
 pub struct Vm {
@@ -85,6 +88,7 @@ impl Vm {
             plugin: plugin.clone(),
             stream: None,
             local_response: None,
+            tick_period: None,
         };
         let mut store = Store::new(&engine, host);
         store.limiter(|host| &mut host.limits);
@@ -105,6 +109,7 @@ impl Vm {
             on_log: typed(&instance, &mut store, "proxy_on_log"),
             on_done: typed(&instance, &mut store, "proxy_on_done"),
             on_delete: typed(&instance, &mut store, "proxy_on_delete"),
+            on_tick: typed(&instance, &mut store, "proxy_on_tick"),
         };
         let time_limit_ms = plugin.time_limit.as_millis() as u64;
         let mut vm = Vm { store, exports, root_context: 1, next_context: 2, deadline_ticks: ticks, time_limit_ms };
@@ -138,6 +143,17 @@ impl Vm {
             Some(wasmtime::Trap::Interrupt) => VmError::Deadline(self.time_limit_ms),
             _ => VmError::Trap(format!("{error:#}")),
         })
+    }
+
+    /// The tick period the filter asked for, if any.
+    pub fn tick_period(&self) -> Option<std::time::Duration> {
+        self.store.data().tick_period.filter(|_| self.exports.on_tick.is_some())
+    }
+
+    /// Calls `proxy_on_tick` on the root context.
+    pub fn tick(&mut self) -> Result<(), VmError> {
+        let (Some(tick), root) = (self.exports.on_tick.clone(), self.root_context) else { return Ok(()) };
+        self.call(|store| tick.call(store, root))
     }
 
     /// Size of the instance's linear memory now.

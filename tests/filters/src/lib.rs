@@ -7,6 +7,7 @@
 //! - `props`: copies properties into request headers the upstream can show
 //! - `count`: counts requests in shared data (compare-and-swap, shared by every instance) and in
 //!   metrics it defines (a counter and a histogram)
+//! - `tick`: counts `on_tick` calls (every 20 ms) in shared data; requests see the count
 //! - `misbehave`: panics on `x-trap`, loops forever on `x-spin`, eats memory on `x-hog`
 //! `{"refuse": true}` makes `on_configure` say no.
 
@@ -40,11 +41,24 @@ impl RootContext for Root {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match serde_json::from_slice::<Config>(&bytes) {
             Ok(config) if !config.refuse => {
+                if config.mode == "tick" {
+                    self.set_tick_period(std::time::Duration::from_millis(20));
+                }
                 proxy_wasm::hostcalls::log(LogLevel::Info, &format!("configured in mode {}", config.mode)).ok();
                 self.config = config;
                 true
             }
             _ => false,
+        }
+    }
+
+    fn on_tick(&mut self) {
+        loop {
+            let (value, cas) = self.get_shared_data("ticks");
+            let ticks = value.and_then(|v| v.try_into().ok()).map_or(0, u64::from_le_bytes) + 1;
+            if self.set_shared_data("ticks", Some(&ticks.to_le_bytes()), cas).is_ok() {
+                break;
+            }
         }
     }
 
@@ -130,6 +144,11 @@ impl HttpContext for Filter {
                 if let Ok(id) = hostcalls::define_metric(MetricType::Histogram, "path_length") {
                     hostcalls::record_metric(id, path.len() as u64).ok();
                 }
+            }
+            "tick" => {
+                let (value, _) = self.get_shared_data("ticks");
+                let ticks = value.and_then(|v| v.try_into().ok()).map_or(0, u64::from_le_bytes);
+                self.set_http_request_header("x-ticks", Some(&ticks.to_string()));
             }
             "misbehave" => {
                 if self.get_http_request_header("x-trap").is_some() {

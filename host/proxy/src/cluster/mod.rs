@@ -104,6 +104,7 @@ impl Cluster {
             let connector = Connector::new(address, tls, config.connect_timeout.get(), active.clone(), created.clone());
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(config.idle_timeout.get())
+                .pool_max_idle_per_host(config.max_idle_connections as usize)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .http2_only(config.protocol == UpstreamProtocol::Http2 && config.tls.is_none())

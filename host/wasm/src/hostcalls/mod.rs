@@ -315,8 +315,9 @@ fn define_shared_data_and_metrics(linker: &mut Linker<HostState>) -> Result<()> 
 /// Calls a filter can make that weft does not serve yet. The ones whose SDK wrappers take an
 /// error status answer it; the rest trap with their name.
 fn define_not_yet_supported(linker: &mut Linker<HostState>) -> Result<()> {
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |_: Ctx, _period: u32| -> Result<u32> {
-        Err(unsupported("proxy_set_tick_period_milliseconds (timers)"))
+    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Ctx, period: u32| -> u32 {
+        caller.data_mut().tick_period = (period > 0).then(|| std::time::Duration::from_millis(period.into()));
+        status::OK
     })?;
     linker.func_wrap(
         "env",
