@@ -224,23 +224,23 @@ impl WasmStream {
         header_count: impl FnOnce(&StreamState) -> usize,
         install: impl FnOnce(&mut StreamState),
         remove: impl FnOnce(&mut StreamState),
-    ) -> Result<Option<LocalResponse>, Verdict> {
+    ) -> Outcome {
         let shared = self.shared.clone();
         let mut slot = shared.lock(self.slot);
         let generation = slot.generation;
-        let Some(vm) = shared.ready(&mut slot) else { return Err(shared.policy_verdict()) };
+        let Some(vm) = shared.ready(&mut slot) else { return Outcome::Failed(shared.policy_verdict()) };
         let context = match self.context {
             Some((g, id)) if g == generation => id,
-            Some(_) => return Err(shared.policy_verdict()),
+            Some(_) => return Outcome::Failed(shared.policy_verdict()),
             None => match vm.create_context() {
                 Ok(id) => {
                     self.context = Some((generation, id));
                     id
                 }
-                Err(error) => return Err(shared.failed(&mut slot, &error)),
+                Err(error) => return Outcome::Failed(shared.failed(&mut slot, &error)),
             },
         };
-        let Some(mut state) = self.state.take() else { return Err(shared.policy_verdict()) };
+        let Some(mut state) = self.state.take() else { return Outcome::Failed(shared.policy_verdict()) };
         install(&mut state);
         shared.calls.fetch_add(1, Ordering::Relaxed);
         let count = header_count(&state) as u32;
@@ -248,10 +248,10 @@ impl WasmStream {
         remove(&mut state);
         self.state = Some(state);
         match result {
-            Ok((_action, local)) => Ok(local),
+            Ok((_action, local)) => Outcome::Done(local),
             Err(error) => {
                 self.context = None;
-                Err(shared.failed(&mut slot, &error))
+                Outcome::Failed(shared.failed(&mut slot, &error))
             }
         }
     }
@@ -308,11 +308,18 @@ impl FilterStream for WasmStream {
     }
 }
 
-fn verdict(outcome: Result<Option<LocalResponse>, Verdict>) -> Verdict {
+/// How a callback went: it ran (maybe asking for a local response), or the filter failed and
+/// the failure policy decided.
+enum Outcome {
+    Done(Option<LocalResponse>),
+    Failed(Verdict),
+}
+
+fn verdict(outcome: Outcome) -> Verdict {
     match outcome {
-        Ok(Some(local)) => Verdict::Respond(local_response(local)),
-        Ok(None) => Verdict::Continue,
-        Err(verdict) => verdict,
+        Outcome::Done(Some(local)) => Verdict::Respond(local_response(local)),
+        Outcome::Done(None) => Verdict::Continue,
+        Outcome::Failed(verdict) => verdict,
     }
 }
 

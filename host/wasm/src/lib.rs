@@ -56,7 +56,7 @@ pub struct WasmLoader {
     instances: usize,
     compiled: Mutex<HashMap<String, Arc<module::FilterModule>>>,
     /// Per filter name, so data and metric ids survive reloads.
-    shared: Mutex<HashMap<String, (Arc<shared::SharedData>, Arc<shared::DefinedMetrics>)>>,
+    shared: Mutex<HashMap<String, shared::FilterState>>,
 }
 
 impl WasmLoader {
@@ -95,11 +95,11 @@ impl WasmLoader {
             .map_err(|reason| FieldError::new(format!("{at}.module"), format!("{}: {reason}", filter.module)))?;
         let configuration =
             if filter.config.is_null() { Vec::new() } else { serde_json::to_vec(&filter.config).unwrap_or_default() };
-        let (shared_data, defined_metrics) =
+        let state =
             self.shared.lock().unwrap_or_else(|e| e.into_inner()).entry(filter.name.clone()).or_default().clone();
         let plugin = Arc::new(PluginInfo {
-            shared_data,
-            defined_metrics,
+            shared_data: state.data,
+            defined_metrics: state.metrics,
             proxy_metrics: metrics.clone(),
             name: filter.name.clone(),
             root_id: filter.root_id.clone(),

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use weft_proxy::metrics::{FilterMetricLabels, Metrics, Name};
 
+/// Key → (value, CAS token).
+type Entries = HashMap<Vec<u8>, (Vec<u8>, u32)>;
+
 /// `proxy_get/set_shared_data`: values with a CAS token that changes on every write (never 0).
 #[derive(Default)]
 pub struct SharedData {
-    entries: Mutex<HashMap<Vec<u8>, (Vec<u8>, u32)>>,
+    entries: Mutex<Entries>,
     next_cas: AtomicU32,
 }
 
@@ -30,6 +33,13 @@ impl SharedData {
         entries.insert(key.to_vec(), (value, token));
         true
     }
+}
+
+/// What a filter's instances share, kept by the loader under the filter's name.
+#[derive(Clone, Default)]
+pub struct FilterState {
+    pub data: std::sync::Arc<SharedData>,
+    pub metrics: std::sync::Arc<DefinedMetrics>,
 }
 
 #[derive(Clone)]
