@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::upstream::echo;
-use support::weft::{binary, metric};
+use support::weft::{binary, metric, run_with_config};
 use support::{eventually, get, TempDir, Weft};
 
 fn config(cluster_endpoint: &str, extra_listener: bool) -> String {
@@ -143,7 +143,7 @@ async fn a_bad_config_file_exits_2_naming_the_field() {
     let dir = TempDir::new("cli");
     let path = dir.join("bad.yaml");
     std::fs::write(&path, config("127.0.0.1:99999", false)).unwrap();
-    let output = tokio::process::Command::new(binary()).args(["proxy", "--config"]).arg(&path).output().await.unwrap();
+    let output = run_with_config(&["proxy", "--config"], &path).await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -152,31 +152,16 @@ async fn a_bad_config_file_exits_2_naming_the_field() {
     );
 
     std::fs::write(&path, "listeners:\n  - name: x\n    adress: 127.0.0.1:1\n").unwrap();
-    let output = tokio::process::Command::new(binary())
-        .args(["proxy", "--check", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let output = run_with_config(&["proxy", "--check", "--config"], &path).await;
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("listeners[0].adress: unknown field `adress`"));
 
-    let output = tokio::process::Command::new(binary())
-        .args(["proxy", "--config"])
-        .arg(dir.join("missing.yaml"))
-        .output()
-        .await
-        .unwrap();
+    let output = run_with_config(&["proxy", "--config"], &dir.join("missing.yaml")).await;
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.yaml: cannot read"));
 
     std::fs::write(&path, config("127.0.0.1:8000", false)).unwrap();
-    let output = tokio::process::Command::new(binary())
-        .args(["proxy", "--check", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let output = run_with_config(&["proxy", "--check", "--config"], &path).await;
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
@@ -207,16 +192,44 @@ async fn every_example_config_is_valid() {
         for file in std::fs::read_dir(&dir).into_iter().flatten() {
             let path = file.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml") {
-                let output = tokio::process::Command::new(binary())
-                    .args(["proxy", "--check", "--config"])
-                    .arg(&path)
-                    .output()
-                    .await
-                    .unwrap();
+                let output = run_with_config(&["proxy", "--check", "--config"], &path).await;
                 assert!(output.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
                 checked += 1;
             }
         }
     }
     assert!(checked > 0, "found the examples");
+}
+
+#[tokio::test]
+async fn logs_can_be_json_lines() {
+    let web = echo("web").await;
+    let dir = TempDir::new("json-logs");
+    let (config_path, log) = (dir.join("config.yaml"), dir.join("stderr.log"));
+    std::fs::write(&config_path, config(&web.endpoint(), false)).unwrap();
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let mut child = std::process::Command::new(binary())
+        .args(["--log-format", "json", "proxy", "--admin", &admin, "--config"])
+        .arg(&config_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_path = log.clone();
+    eventually("a JSON log line saying the config loaded", || {
+        let log_path = log_path.clone();
+        async move { std::fs::read_to_string(&log_path).unwrap_or_default().contains("config loaded") }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let loaded = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        })
+        .find(|line| line["message"] == "config loaded")
+        .expect("the config-loaded event");
+    assert_eq!(loaded["level"], "INFO");
+    assert_eq!(loaded["version"], 1);
 }

@@ -7,7 +7,7 @@ mod support;
 
 use support::filters::test_filters;
 use support::upstream::echo;
-use support::weft::{binary, metric};
+use support::weft::{metric, run_with_config};
 use support::{curl_ok, get, raw_exchange, TempDir, Weft};
 
 fn filter_config(mode: &str, extra: &str, clusters: &[(&str, String)]) -> String {
@@ -144,12 +144,7 @@ async fn bad_modules_and_refused_configs_are_refused_at_load() {
     for (config, expected) in cases {
         let path = dir.join("config.yaml");
         std::fs::write(&path, &config).unwrap();
-        let output = tokio::process::Command::new(binary())
-            .args(["proxy", "--admin", "127.0.0.1:0", "--config"])
-            .arg(&path)
-            .output()
-            .await
-            .unwrap();
+        let output = run_with_config(&["proxy", "--admin", "127.0.0.1:0", "--config"], &path).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");

@@ -21,6 +21,11 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_weft")
 }
 
+/// Runs `weft ARGS... CONFIG` to completion (a command expected to exit by itself).
+pub async fn run_with_config(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(binary()).args(args).arg(config).output().await.expect("run weft")
+}
+
 impl Weft {
     /// Starts `weft proxy` with `yaml` as its config file, in a fresh folder.
     pub async fn start(yaml: &str) -> Weft {

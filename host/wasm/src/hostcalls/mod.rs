@@ -55,6 +55,17 @@ fn define_logging_and_time(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
+/// Hands `value` to the guest (status OK), or answers NOT_FOUND, which the SDK reads as `None`.
+fn give_or_not_found(caller: &mut Ctx, value: Option<Vec<u8>>, ptr_out: u32, size_out: u32) -> Result<u32> {
+    match value {
+        Some(value) => {
+            memory::give(caller, &value, ptr_out, size_out)?;
+            Ok(status::OK)
+        }
+        None => Ok(status::NOT_FOUND),
+    }
+}
+
 fn map_type(value: u32) -> Result<MapType> {
     MapType::from_abi(value).ok_or_else(|| Error::msg(format!("unknown header map type {value}")))
 }
@@ -99,13 +110,8 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_header_map_value",
         |mut caller: Ctx, map: u32, key: u32, key_len: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
             let (map, key) = (map_type(map)?, memory::read_string(&caller, key, key_len)?);
-            match caller.data().stream.as_ref().and_then(|s| s.value(map, &key)) {
-                Some(value) => {
-                    memory::give(&mut caller, &value, ptr_out, size_out)?;
-                    Ok(status::OK)
-                }
-                None => Ok(status::NOT_FOUND),
-            }
+            let value = caller.data().stream.as_ref().and_then(|s| s.value(map, &key));
+            give_or_not_found(&mut caller, value, ptr_out, size_out)
         },
     )?;
     linker.func_wrap(
@@ -186,13 +192,7 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
                 Some(stream) => stream.property(&segments, &data.plugin),
                 None => data.plugin.property(&segments),
             };
-            match value {
-                Some(value) => {
-                    memory::give(&mut caller, &value, ptr_out, size_out)?;
-                    Ok(status::OK)
-                }
-                None => Ok(status::NOT_FOUND),
-            }
+            give_or_not_found(&mut caller, value, ptr_out, size_out)
         },
     )?;
     linker.func_wrap(
