@@ -258,3 +258,25 @@ async fn filter_timers_tick() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn compiled_modules_are_cached_on_disk_for_the_next_start() {
+    let web = echo("web").await;
+    let config = filter_config("headers", "", &[("web", web.endpoint())]);
+    let first = Weft::start(&config).await;
+    assert!(first.stderr().contains("filter module compiled"), "{}", first.stderr());
+    let cache = first.dir.join("module-cache");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "one compiled module: {entries:?}");
+
+    // A second proxy with the same cache folder loads the compiled code instead of compiling.
+    let dir = TempDir::new("cache-again");
+    std::fs::create_dir_all(dir.join("module-cache")).unwrap();
+    std::fs::copy(&entries[0], dir.join("module-cache").join(entries[0].file_name().unwrap())).unwrap();
+    let second = Weft::start_in(dir, &config).await;
+    let stderr = second.stderr();
+    assert!(stderr.contains("filter module loaded from the compiled cache"), "{stderr}");
+    assert!(!stderr.contains("filter module compiled"), "{stderr}");
+    let upstream = seen(&get(second.addr("public"), "/").await.body);
+    assert_eq!(upstream["headers"]["x-filtered-by"], "test", "the cached module runs");
+}

@@ -42,6 +42,8 @@ impl Weft {
             .args(["proxy", "--config"])
             .arg(&config_path)
             .args(["--admin", &admin.to_string(), "--drain-timeout", "5s", "--log-level", "info,weft_proxy=debug"])
+            .arg("--cache-dir")
+            .arg(dir.join("module-cache"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).unwrap())
             .stderr(std::fs::File::create(&stderr_path).unwrap())

@@ -34,6 +34,15 @@ impl WasmEngine {
         &self.engine
     }
 
+    /// A fingerprint of everything that makes compiled code fit this engine (wasmtime version,
+    /// compiler settings, CPU features): part of a cached module's name.
+    pub fn compatibility(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.finish()
+    }
+
     pub fn linker(&self) -> &Linker<HostState> {
         &self.linker
     }

@@ -54,6 +54,8 @@ impl PluginInfo {
 pub struct WasmLoader {
     engine: Arc<WasmEngine>,
     instances: usize,
+    /// Where compiled modules are kept across restarts (none: compile on every start).
+    cache: Option<std::path::PathBuf>,
     compiled: Mutex<HashMap<String, Arc<module::FilterModule>>>,
     /// Per filter name, so data and metric ids survive reloads.
     shared: Mutex<HashMap<String, shared::FilterState>>,
@@ -61,8 +63,10 @@ pub struct WasmLoader {
 
 impl WasmLoader {
     /// `instances`: warm instances per filter; one per worker thread avoids waiting on each other.
-    pub fn new(instances: usize) -> Result<WasmLoader, String> {
-        Ok(WasmLoader { engine: WasmEngine::new()?, instances, compiled: Mutex::default(), shared: Mutex::default() })
+    /// `cache`: a folder for compiled modules, written by weft's user alone.
+    pub fn new(instances: usize, cache: Option<std::path::PathBuf>) -> Result<WasmLoader, String> {
+        let engine = WasmEngine::new()?;
+        Ok(WasmLoader { engine, instances, cache, compiled: Mutex::default(), shared: Mutex::default() })
     }
 
     fn module(&self, bytes: &[u8]) -> Result<Arc<module::FilterModule>, String> {
@@ -71,7 +75,7 @@ impl WasmLoader {
         if let Some(found) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) {
             return Ok(found.clone());
         }
-        let compiled = Arc::new(module::FilterModule::compile(&self.engine, bytes)?);
+        let compiled = Arc::new(module::FilterModule::compile(&self.engine, bytes, self.cache.as_deref())?);
         self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, compiled.clone());
         Ok(compiled)
     }

@@ -59,6 +59,10 @@ pub struct ProxyArgs {
     /// How long open connections may finish on shutdown or when their listener is removed.
     #[arg(long, default_value = "30s")]
     pub drain_timeout: Duration,
+    /// Where compiled filter modules are kept, so a restart does not compile them again
+    /// (default: $XDG_CACHE_HOME/weft/modules, or ~/.cache/weft/modules).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Check the config file and exit: 0 when valid, 2 with the errors when not.
     #[arg(long)]
     pub check: bool,

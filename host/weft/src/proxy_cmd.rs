@@ -25,7 +25,8 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
         return Ok(());
     }
     // One warm instance per worker thread and filter: calls never wait on each other for long.
-    let loader = weft_wasm::WasmLoader::new(workers).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    let cache = args.cache_dir.clone().or_else(default_cache_dir);
+    let loader = weft_wasm::WasmLoader::new(workers, cache).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
     let proxy = Proxy::new(args.drain_timeout.get(), Some(Arc::new(loader))).await;
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -41,6 +42,14 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
     }
     tracing::info!(admin = %args.admin, "admin API listening");
     serve_until_stopped(proxy, &args.config).await
+}
+
+/// `$XDG_CACHE_HOME/weft/modules`, else `~/.cache/weft/modules`; none without a home.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("weft").join("modules"))
 }
 
 fn sorted(map: std::collections::HashMap<String, std::net::SocketAddr>) -> Vec<(String, std::net::SocketAddr)> {
