@@ -40,6 +40,77 @@ def reason_for(notes, target, test):
     return None
 
 
+def least_squares(points):
+    """Slope and intercept of the least-squares line through (x, y) points; None without two x."""
+    points = [(x, y) for x, y in points if y is not None]
+    if len({x for x, _ in points}) < 2:
+        return None, None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return slope, my - slope * mx
+
+
+def summarize_filters(meta, raw, notes):
+    """The filters test: per kind and chain length, medians over rounds, and the per-filter cost
+    as the least-squares slope of proxy CPU µs/req over the chain lengths. The empty chain is one
+    run per round, shared by every kind."""
+    s = meta["settings"]
+    chains = sorted(set(s.get("filter_chains", [])))
+    recs = [r for r in raw if r["test"] == "filters"]
+    out = {"chains": chains, "kinds": {}}
+    if not [r for r in recs if not r.get("failed")]:
+        out["reason"] = reason_for(notes, "weft", "filters") or ("every run failed" if recs else "not run")
+        return out
+
+    def runs(kind, n):
+        return [r for r in recs if r["filters"] == n and r["kind"] == ("none" if n == 0 else kind)]
+
+    for kind in s.get("filter_kinds", []):
+        rows = []
+        for n in chains:
+            all_runs = runs(kind, n)
+            good = [r for r in all_runs if not r.get("failed")]
+            if not good:
+                rows.append({"filters": n, "rps": None, "failed_runs": len(all_runs)})
+                continue
+            rps = [r["wrk"]["requests"] / r["wrk"]["duration_us"] * 1e6 for r in good]
+            calls = [r["filter_calls"] / r["wrk"]["requests"] / n for r in good
+                     if n > 0 and r.get("filter_calls") is not None and r["wrk"]["requests"] > 0]
+            rows.append({
+                "filters": n,
+                "rps": median(rps),
+                "rps_rounds": [round(x, 1) for x in rps],
+                "cpu_us_per_req": median([r.get("cpu_us_per_req") for r in good]),
+                "cpu_us_per_req_rounds": [r.get("cpu_us_per_req") for r in good],
+                "errors": sum(r["wrk"]["errors"] for r in good),
+                "non2xx": sum(r["wrk"]["non2xx"] for r in good),
+                "filter_failures": sum(r.get("filter_failures") or 0 for r in good),
+                "filter_calls_per_req_per_filter": median(calls),
+                "failed_runs": len(all_runs) - len(good),
+                "other_cpu_pct_max": max_or_none([r.get("other_cpu_pct") for r in good]),
+                "steal_pct_max": max_or_none([r.get("steal_pct") for r in good]),
+            })
+        slope, intercept = least_squares([(r["filters"], r.get("cpu_us_per_req")) for r in rows])
+        per_round = []
+        for rnd in sorted({r["round"] for r in recs}):
+            pts = []
+            for n in chains:
+                got = [r.get("cpu_us_per_req") for r in runs(kind, n) if r["round"] == rnd and not r.get("failed")]
+                if got and got[0] is not None:
+                    pts.append((n, got[0]))
+            if len(pts) == len(chains):
+                per_round.append(least_squares(pts)[0])
+        out["kinds"][kind] = {
+            "rows": rows,
+            "per_filter_cpu_us": slope,
+            "intercept_cpu_us": intercept,
+            "per_filter_cpu_us_rounds": per_round,
+        }
+    return out
+
+
 def summarize(meta, raw, notes):
     targets = meta["settings"]["targets"]
     summary = {"throughput": {}, "latency": {}, "idle": {}}
@@ -114,6 +185,9 @@ def summarize(meta, raw, notes):
                                       or ("the run failed" if recs else "not run")}
                 continue
             summary["idle"][t] = {"cycles": good[0]["cycles"]}
+
+    if "filters" in meta["settings"]["tests"]:
+        summary["filters"] = summarize_filters(meta, raw, notes)
     return summary
 
 
@@ -205,8 +279,12 @@ def markdown(meta, summary, notes):
             oa = "; ".join(f"{c['opened']} / {c['alive_at_measure']}" for c in cyc)
             lines.append(f"| {t} | {per} | {rss} | {oa} |")
 
+    if "filters" in summary:
+        lines += markdown_filters(s, summary["filters"])
+
     others = [r.get("other_cpu_pct_max") for per in list(summary["throughput"].values()) + list(summary["latency"].values())
               for r in per.values()]
+    others += [r.get("other_cpu_pct_max") for k in summary.get("filters", {}).get("kinds", {}).values() for r in k["rows"]]
     others = [x for x in others if x is not None]
     lines.append("")
     lines.append("*other CPU %*: the largest share of the machine's CPU used by anything but the bench during "
@@ -222,6 +300,49 @@ def markdown(meta, summary, notes):
         lines.append("")
         lines.append("Not measured: " + "; ".join(f"{n['target']}: {n['reason']}" for n in general) + ".")
     return "\n".join(lines) + "\n"
+
+
+def markdown_filters(s, f):
+    lines = ["", f"### Filter cost: weft through a chain of N filters (HTTP/1.1, wrk -t1 -c{s['conns']} -d{s['duration_s']}s)", ""]
+    if f.get("reason"):
+        lines.append(f"n/a: {f['reason']}")
+        return lines
+    kinds = list(f["kinds"])
+    lines.append("| filters | " + " | ".join(f"{k} req/s | {k} CPU µs/req" for k in kinds) + " | errors | other CPU % |")
+    lines.append("|---:|" + "---:|---:|" * len(kinds) + "---:|---:|")
+    for i, n in enumerate(f["chains"]):
+        cells, errors, other = [], 0, []
+        for k in kinds:
+            r = f["kinds"][k]["rows"][i]
+            if r.get("rps") is None:
+                cells += ["n/a", ""]
+                continue
+            cells += [fmt(r["rps"]), fmt(r["cpu_us_per_req"], 2)]
+            # The empty chain is one run shared by every kind: count its errors once.
+            if n > 0 or k == kinds[0]:
+                errors += r["errors"] + r["filter_failures"] + r["failed_runs"]
+            other.append(r["other_cpu_pct_max"])
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {errors} | {fmt(max_or_none(other), 1)} |")
+    lines.append("")
+    chains = ", ".join(str(n) for n in f["chains"])
+    costs = []
+    for k in kinds:
+        v = f["kinds"][k]
+        rounds = ", ".join(fmt(x, 2) for x in v["per_filter_cpu_us_rounds"])
+        costs.append(f"{k} **{fmt(v['per_filter_cpu_us'], 2)} µs** (rounds: {rounds or 'n/a'}; "
+                     f"intercept {fmt(v['intercept_cpu_us'], 2)} µs)")
+    lines.append(f"Per-filter cost, the least-squares slope of proxy CPU µs/req over {chains} filters: "
+                 + "; ".join(costs) + ".")
+    calls = [r["filter_calls_per_req_per_filter"] for k in kinds for r in f["kinds"][k]["rows"]
+             if r.get("filter_calls_per_req_per_filter") is not None]
+    failures = sum(r.get("filter_failures", 0) for k in kinds for r in f["kinds"][k]["rows"])
+    if calls:
+        lines.append("")
+        lines.append(f"Check: filter callbacks per request and filter, from the admin `/filters`: "
+                     f"{min(calls):.2f}–{max(calls):.2f} (2 expected: request and response headers); "
+                     f"filter failures: {failures}. The 0 row is one run shared by every kind; errors count "
+                     f"non-2xx answers, socket errors, filter failures and failed runs.")
+    return lines
 
 
 def main():

@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use weft_config::Config;
 use weft_proxy::Proxy;
 
@@ -24,6 +24,7 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
         );
         return Ok(());
     }
+    let signals = Signals::install()?;
     // One warm instance per worker thread and filter: calls never wait on each other for long.
     let cache = args.cache_dir.clone().or_else(default_cache_dir);
     let loader = weft_wasm::WasmLoader::new(workers, cache).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
@@ -41,7 +42,7 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
         tracing::info!(listener = %name, %address, "listening");
     }
     tracing::info!(admin = %args.admin, "admin API listening");
-    serve_until_stopped(proxy, &args.config).await
+    serve_until_stopped(proxy, &args.config, signals).await
 }
 
 /// `$XDG_CACHE_HOME/weft/modules`, else `~/.cache/weft/modules`; none without a home.
@@ -58,11 +59,27 @@ fn sorted(map: std::collections::HashMap<String, std::net::SocketAddr>) -> Vec<(
     list
 }
 
+/// The signals a proxy answers. Installed before the proxy reports ready, so a SIGHUP sent as
+/// soon as `/ready` says 200 reloads instead of killing the process (SIGHUP's default).
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
+}
+
 /// Reloads on SIGHUP or a changed file; drains and returns on SIGTERM or SIGINT.
-async fn serve_until_stopped(proxy: Arc<Proxy>, path: &Path) -> Result<(), Failure> {
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+async fn serve_until_stopped(proxy: Arc<Proxy>, path: &Path, signals: Signals) -> Result<(), Failure> {
+    let Signals { mut hangup, mut terminate, mut interrupt } = signals;
     let mut watched = FileStamp::of(path);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {

@@ -9,6 +9,9 @@
 //!   metrics it defines (a counter and a histogram)
 //! - `tick`: counts `on_tick` calls (every 20 ms) in shared data; requests see the count
 //! - `misbehave`: panics on `x-trap`, loops forever on `x-spin`, eats memory on `x-hog`
+//! - `bench16`: exactly 16 hostcalls of header work per request (6 header reads, 4 sets, 2 adds,
+//!   2 removals, one property, one read of the whole map), for the benchmark's filter-cost test
+//! Any other mode is a no-op filter: its callbacks return Continue and make no hostcalls.
 //! `{"refuse": true}` makes `on_configure` say no.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -168,6 +171,21 @@ impl HttpContext for Filter {
                     }
                 }
                 self.set_http_request_header("x-survived", Some("yes"));
+            }
+            "bench16" => {
+                // Exactly 16 hostcalls, the header work of a typical small filter.
+                for name in [":path", ":method", "host", "user-agent", "accept", ":authority"] {
+                    std::hint::black_box(self.get_http_request_header(name));
+                }
+                for name in ["x-bench-0", "x-bench-1", "x-bench-2", "x-bench-3"] {
+                    self.set_http_request_header(name, Some("v"));
+                }
+                self.add_http_request_header("x-bench-add", "a");
+                self.add_http_request_header("x-bench-add", "b");
+                self.set_http_request_header("x-bench-2", None);
+                self.set_http_request_header("x-bench-3", None);
+                std::hint::black_box(self.get_property(vec!["request", "id"]));
+                std::hint::black_box(self.get_http_request_headers());
             }
             _ => {}
         }
