@@ -15,11 +15,7 @@ where
     let started = (Instant::now(), SystemTime::now());
     let cluster = listener.default_cluster.as_ref().and_then(|name| conn.accepted.clusters.get(name.as_str()));
     let Some(cluster) = cluster else { return };
-    let key = match conn.peer.ip() {
-        std::net::IpAddr::V4(ip) => crate::cluster::hash_bytes(&ip.octets()),
-        std::net::IpAddr::V6(ip) => crate::cluster::hash_bytes(&ip.octets()),
-    };
-    let endpoint = cluster.pick(key).clone();
+    let endpoint = cluster.pick(crate::cluster::hash_ip(conn.peer.ip())).clone();
     let _in_flight = endpoint.start_request();
     let Some(connector) = &endpoint.connector else {
         return;

@@ -131,9 +131,7 @@ impl FileStamp {
     fn of(path: &Path) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
         FileStamp(
-            std::fs::metadata(PathBuf::from(path))
-                .ok()
-                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.ino())),
+            std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.ino())),
         )
     }
 }

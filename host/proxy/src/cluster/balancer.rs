@@ -90,6 +90,14 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     hash ^ (hash >> 31)
 }
 
+/// A client's address as a ring_hash key (requests without their configured header, tcp).
+pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 
 mod balancer;
 
-pub use balancer::hash_bytes;
 use balancer::Balancer;
+pub use balancer::{hash_bytes, hash_ip};
 
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, Metrics, Name};

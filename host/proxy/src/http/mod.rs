@@ -11,7 +11,7 @@ pub use exchange::rfc3339;
 pub use local_reply::LocalReply;
 
 use crate::chain::{RequestDecisions, StreamInfo, Verdict};
-use crate::cluster::{hash_bytes, Cluster};
+use crate::cluster::{hash_bytes, hash_ip, Cluster};
 use crate::listener::Downstream;
 use crate::metrics::ListenerLabels;
 use crate::snapshot::{ListenerState, Snapshot};
@@ -213,10 +213,7 @@ fn request_hash(cluster: &Cluster, parts: &http::request::Parts, conn: &Downstre
             return hash_bytes(value.as_bytes());
         }
     }
-    match conn.peer.ip() {
-        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
-        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
-    }
+    hash_ip(conn.peer.ip())
 }
 
 /// Joins a client and an upstream that agreed to switch protocols, byte for byte, until either ends.
