@@ -86,6 +86,9 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     /// Time a TLS client has to finish its handshake.
     pub tls_handshake_timeout: Duration,
+    /// How much of a body filters may hold back (a filter that pauses on a body has it buffered);
+    /// a request body beyond it gets 413, a response body is cut off.
+    pub max_buffered_body: ByteSize,
 }
 
 impl Default for ListenerLimits {
@@ -96,6 +99,7 @@ impl Default for ListenerLimits {
             max_request_header_size: ByteSize::kib(60),
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
+            max_buffered_body: ByteSize::mib(1),
         }
     }
 }

@@ -1,19 +1,27 @@
-//! The filter chain a listener runs on each request, in order, phase by phase. Filters decide
-//! where a request goes (`upstream_cluster`) or answer it themselves. Filters are built by a
-//! [`FilterLoader`] (the Wasm host) from the config's `filters:`; a listener without filters runs
-//! an empty chain and pays nothing for it.
+//! The filter chain a listener runs on each request, in order, phase by phase: request headers,
+//! body and trailers on the way in; response headers, body and trailers (in reverse order) on the
+//! way out. Filters decide where a request goes (`upstream_cluster`), answer it themselves, hold
+//! a body back to read it whole, or pause the request until something they wait for (a callout,
+//! a timer) resumes it. Filters are built by a [`FilterLoader`] (the Wasm host) from the config's
+//! `filters:`; a listener without filters runs an empty chain and pays nothing for it.
 
 use crate::http::ProxyBody;
-use crate::metrics::Name;
+use crate::metrics::{Metrics, Name};
 use crate::tls::TlsInfo;
+use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::response::Parts as ResponseParts;
-use http::Response;
+use http::{HeaderMap, Response};
+use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 use weft_config::FieldError;
+
+pub use crate::callout::{CalloutResponse, Callouts};
 
 /// What filters decided about a request so far.
 #[derive(Default)]
@@ -22,12 +30,33 @@ pub struct RequestDecisions {
     pub upstream_cluster: Option<Name>,
 }
 
+/// What a paused filter's wait yields; handed back to [`FilterStream::resume`], which alone
+/// knows what it holds.
+pub type Resumed = Box<dyn Any + Send>;
+
+/// A paused filter's wait: it ends when the filter resumes the request (or can no longer).
+pub type Wait = Pin<Box<dyn Future<Output = Resumed> + Send>>;
+
 /// What a filter phase tells the proxy to do next.
 pub enum Verdict {
-    /// Go on to the next filter, then upstream.
+    /// Go on to the next filter, then upstream (for a body: pass the data on).
     Continue,
     /// Stop here and send this response to the client.
     Respond(Response<ProxyBody>),
+    /// A body phase only: hold the data back and call again with it and what follows.
+    Buffer,
+    /// Wait, then call [`FilterStream::resume`] for the same message.
+    Pause(Wait),
+}
+
+/// The part of an exchange a phase is about. The filter may edit it in place.
+pub enum Message<'a> {
+    RequestHeaders(&'a mut Parts, &'a mut RequestDecisions),
+    RequestBody(&'a mut BytesMut),
+    RequestTrailers(&'a mut HeaderMap),
+    ResponseHeaders(&'a mut ResponseParts),
+    ResponseBody(&'a mut BytesMut),
+    ResponseTrailers(&'a mut HeaderMap),
 }
 
 /// The connection and request facts a filter can read (its properties).
@@ -49,15 +78,22 @@ pub trait HttpFilter: Send + Sync {
     }
 }
 
-/// One filter's view of one request. Each phase defaults to "continue". Dropping it ends the
-/// request for the filter (its log and clean-up callbacks run then).
+/// One filter's view of one request. Dropping it ends the request for the filter (its log and
+/// clean-up callbacks run then).
 pub trait FilterStream: Send {
-    fn on_request_headers(&mut self, _request: &mut Parts, _decisions: &mut RequestDecisions) -> Verdict {
+    /// Runs the filter's phase for `message`; `end_of_stream`: nothing follows it in its direction.
+    fn on(&mut self, message: Message<'_>, end_of_stream: bool) -> Verdict;
+    /// Ends a paused phase once its wait is over, with the same message and what the wait yielded.
+    fn resume(&mut self, _message: Message<'_>, _resumed: Resumed) -> Verdict {
         Verdict::Continue
     }
-    fn on_response_headers(&mut self, _response: &mut ResponseParts) -> Verdict {
-        Verdict::Continue
-    }
+}
+
+/// What the proxy lends filters while they load: where metrics go and how they reach clusters.
+#[derive(Clone)]
+pub struct FilterHost {
+    pub metrics: Arc<Metrics>,
+    pub callouts: Arc<dyn Callouts>,
 }
 
 /// Builds the filters of a config. The proxy calls it on every load; an error refuses the config.
@@ -66,7 +102,7 @@ pub trait FilterLoader: Send + Sync {
     fn load(
         &self,
         filters: &[weft_config::Filter],
-        metrics: &Arc<crate::metrics::Metrics>,
+        host: &FilterHost,
     ) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>>;
 }
 
@@ -74,12 +110,6 @@ pub trait FilterLoader: Send + Sync {
 #[derive(Clone, Default)]
 pub struct FilterChain {
     filters: Vec<Arc<dyn HttpFilter>>,
-}
-
-/// The filters of a chain for one request, in order.
-#[derive(Default)]
-pub struct ChainStreams {
-    streams: Vec<Box<dyn FilterStream>>,
 }
 
 impl FilterChain {
@@ -97,28 +127,198 @@ impl FilterChain {
             return ChainStreams::default();
         }
         let info = Arc::new(info());
-        ChainStreams { streams: self.filters.iter().map(|f| f.start(&info)).collect() }
+        let streams: Vec<_> = self.filters.iter().map(|f| f.start(&info)).collect();
+        let held = [0, 1].map(|_| streams.iter().map(|_| BytesMut::new()).collect());
+        ChainStreams { inner: Some(Arc::new(Mutex::new(Streams { streams, held }))) }
     }
+}
+
+/// Which way a body travels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    Request = 0,
+    Response = 1,
+}
+
+struct Streams {
+    streams: Vec<Box<dyn FilterStream>>,
+    /// Per direction, per filter: body data the filter is holding back.
+    held: [Vec<BytesMut>; 2],
+}
+
+/// The filters of a chain for one request. Shared by the request path and the two bodies, which
+/// run on different tasks; the lock is held only while a filter phase runs, never across a wait.
+#[derive(Clone, Default)]
+pub struct ChainStreams {
+    inner: Option<Arc<Mutex<Streams>>>,
+}
+
+/// How a body step ended when it did not simply pass data on.
+pub enum BodyStop {
+    /// A filter answered the request itself.
+    Respond(Response<ProxyBody>),
+    /// A filter held back more than the listener's `max_buffered_body`.
+    TooLarge,
 }
 
 impl ChainStreams {
-    /// Runs the request-headers phase of every filter until one answers.
-    pub fn on_request_headers(&mut self, request: &mut Parts, decisions: &mut RequestDecisions) -> Verdict {
-        for stream in &mut self.streams {
-            if let Verdict::Respond(response) = stream.on_request_headers(request, decisions) {
-                return Verdict::Respond(response);
-            }
-        }
-        Verdict::Continue
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_none()
     }
 
-    /// Runs the response-headers phase in reverse order, as a response travels back out.
-    pub fn on_response_headers(&mut self, response: &mut ResponseParts) -> Verdict {
-        for stream in self.streams.iter_mut().rev() {
-            if let Verdict::Respond(reply) = stream.on_response_headers(response) {
-                return Verdict::Respond(reply);
+    fn lock(&self) -> Option<MutexGuard<'_, Streams>> {
+        // A filter that panicked mid-phase was already handled by its own failure policy.
+        self.inner.as_ref().map(|inner| inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn len(&self) -> usize {
+        self.lock().map_or(0, |s| s.streams.len())
+    }
+
+    /// Runs one filter's phase to its end, waiting out pauses without holding the lock. `phase`
+    /// runs the phase (`None`) or resumes it with what its wait yielded.
+    async fn run(&self, phase: &mut PhaseFn<'_>) -> Verdict {
+        let mut verdict = {
+            let Some(mut streams) = self.lock() else { return Verdict::Continue };
+            phase(&mut streams, None)
+        };
+        loop {
+            match verdict {
+                Verdict::Pause(wait) => {
+                    let resumed = wait.await;
+                    let Some(mut streams) = self.lock() else { return Verdict::Continue };
+                    verdict = phase(&mut streams, Some(resumed));
+                }
+                other => return other,
             }
         }
-        Verdict::Continue
+    }
+
+    /// The request-headers phase of every filter in order, until one answers.
+    pub async fn request_headers(
+        &self,
+        request: &mut Parts,
+        decisions: &mut RequestDecisions,
+        end_of_stream: bool,
+    ) -> Option<Response<ProxyBody>> {
+        for index in 0..self.len() {
+            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
+                let message = Message::RequestHeaders(&mut *request, &mut *decisions);
+                match resumed {
+                    None => s.streams[index].on(message, end_of_stream),
+                    Some(resumed) => s.streams[index].resume(message, resumed),
+                }
+            };
+            if let Verdict::Respond(response) = self.run(&mut phase).await {
+                return Some(response);
+            }
+        }
+        None
+    }
+
+    /// The response-headers phase in reverse order, as a response travels back out.
+    pub async fn response_headers(
+        &self,
+        response: &mut ResponseParts,
+        end_of_stream: bool,
+    ) -> Option<Response<ProxyBody>> {
+        for index in (0..self.len()).rev() {
+            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
+                let message = Message::ResponseHeaders(&mut *response);
+                match resumed {
+                    None => s.streams[index].on(message, end_of_stream),
+                    Some(resumed) => s.streams[index].resume(message, resumed),
+                }
+            };
+            if let Verdict::Respond(reply) = self.run(&mut phase).await {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    /// Passes a piece of body through the filters (in the direction's order). Each filter sees
+    /// what the one before let through; a filter that buffers holds its data until it continues.
+    /// Returns what comes out the far end (maybe nothing yet).
+    pub async fn body(
+        &self,
+        direction: Direction,
+        data: Bytes,
+        end_of_stream: bool,
+        limit: usize,
+    ) -> Result<Bytes, BodyStop> {
+        let side = direction as usize;
+        let mut passing = BytesMut::from(data);
+        for index in self.order(direction) {
+            {
+                let Some(mut streams) = self.lock() else { break };
+                let held = &mut streams.held[side][index];
+                if held.is_empty() {
+                    *held = std::mem::take(&mut passing);
+                } else {
+                    held.extend_from_slice(&passing);
+                    passing.clear();
+                }
+                if held.len() > limit {
+                    return Err(BodyStop::TooLarge);
+                }
+            }
+            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
+                let Streams { streams, held } = s;
+                let body = &mut held[side][index];
+                let message = match direction {
+                    Direction::Request => Message::RequestBody(body),
+                    Direction::Response => Message::ResponseBody(body),
+                };
+                match resumed {
+                    None => streams[index].on(message, end_of_stream),
+                    Some(resumed) => streams[index].resume(message, resumed),
+                }
+            };
+            match self.run(&mut phase).await {
+                Verdict::Respond(response) => return Err(BodyStop::Respond(response)),
+                // Held back: nothing passes this filter yet. At the end of the stream there is
+                // nothing more to wait for, so the data goes on.
+                Verdict::Buffer if !end_of_stream => return Ok(Bytes::new()),
+                _ => {
+                    let Some(mut streams) = self.lock() else { break };
+                    passing = std::mem::take(&mut streams.held[side][index]);
+                }
+            }
+        }
+        Ok(passing.freeze())
+    }
+
+    /// The trailers phase (in the direction's order).
+    pub async fn trailers(&self, direction: Direction, trailers: &mut HeaderMap) -> Option<Response<ProxyBody>> {
+        for index in self.order(direction) {
+            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
+                let message = match direction {
+                    Direction::Request => Message::RequestTrailers(&mut *trailers),
+                    Direction::Response => Message::ResponseTrailers(&mut *trailers),
+                };
+                match resumed {
+                    None => s.streams[index].on(message, true),
+                    Some(resumed) => s.streams[index].resume(message, resumed),
+                }
+            };
+            if let Verdict::Respond(reply) = self.run(&mut phase).await {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    fn order(&self, direction: Direction) -> Vec<usize> {
+        let count = self.len();
+        match direction {
+            Direction::Request => (0..count).collect(),
+            Direction::Response => (0..count).rev().collect(),
+        }
     }
 }
+
+type PhaseFn<'a> = dyn FnMut(&mut Streams, Option<Resumed>) -> Verdict + Send + 'a;
+
+/// How long a callout may take when its filter names no timeout.
+pub const DEFAULT_CALLOUT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,6 +7,7 @@
 //! in a new one atomically: requests in flight finish on the snapshot they started with.
 
 pub mod admin;
+mod callout;
 pub mod chain;
 pub mod cluster;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod tls;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
+use chain::FilterHost;
 use listener::RunningListener;
 use metrics::{Metrics, ResultLabels};
 use snapshot::Snapshot;
@@ -64,21 +66,24 @@ pub struct Proxy {
     drain_timeout: Duration,
     /// Builds `filters:`; without one, a config with filters is refused.
     filter_loader: Option<Arc<dyn chain::FilterLoader>>,
+    /// What filters get from the proxy: its metrics and callouts to its clusters.
+    filter_host: FilterHost,
 }
 
 impl Proxy {
     /// A proxy with no config: it listens nowhere and is not ready until [`Proxy::apply`].
     pub async fn new(drain_timeout: Duration, filter_loader: Option<Arc<dyn chain::FilterLoader>>) -> Arc<Proxy> {
         let metrics = Metrics::new();
-        let empty = Snapshot::build(Config::default(), 0, &metrics, None)
+        let nowhere = Arc::new(callout::ClusterCallouts { shared: std::sync::Weak::new() });
+        let empty = Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
             .await
             .unwrap_or_else(|_| unreachable!("an empty config always builds"));
+        let shared =
+            Arc::new(Shared { snapshot: ArcSwap::from_pointee(empty), metrics, next_connection: AtomicU64::new(1) });
+        let callouts = Arc::new(callout::ClusterCallouts { shared: Arc::downgrade(&shared) });
         Arc::new(Proxy {
-            shared: Arc::new(Shared {
-                snapshot: ArcSwap::from_pointee(empty),
-                metrics,
-                next_connection: AtomicU64::new(1),
-            }),
+            filter_host: FilterHost { metrics: shared.metrics.clone(), callouts },
+            shared,
             listeners: Default::default(),
             bound: Default::default(),
             drain_timeout,
@@ -103,7 +108,7 @@ impl Proxy {
         let mut running = self.listeners.lock().await;
         let version = self.shared.snapshot.load().version + 1;
         let snapshot =
-            Arc::new(Snapshot::build(config, version, &self.shared.metrics, self.filter_loader.as_ref()).await?);
+            Arc::new(Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref()).await?);
 
         // Bind what is new before touching anything, so a port in use refuses the config whole.
         let mut fresh = HashMap::new();

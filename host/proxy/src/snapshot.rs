@@ -1,9 +1,9 @@
 //! A config compiled for serving: listeners with their TLS and filter chains, clusters with
 //! resolved endpoints and pools. Immutable once built; a request keeps the one it started with.
 
-use crate::chain::{FilterChain, FilterLoader, HttpFilter};
+use crate::chain::{FilterChain, FilterHost, FilterLoader, HttpFilter};
 use crate::cluster::Cluster;
-use crate::metrics::{Metrics, Name};
+use crate::metrics::Name;
 use std::collections::HashMap;
 use std::sync::Arc;
 use weft_config::{Config, FieldError, ListenerProtocol};
@@ -34,11 +34,12 @@ impl Snapshot {
     pub async fn build(
         config: Config,
         version: u64,
-        metrics: &Arc<Metrics>,
+        host: &FilterHost,
         loader: Option<&Arc<dyn FilterLoader>>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let filters = load_filters(&config, loader, metrics).await?;
+        let metrics = &host.metrics;
+        let filters = load_filters(&config, loader, host).await?;
         let mut clusters = HashMap::new();
         for (i, cluster) in config.clusters.iter().enumerate() {
             match Cluster::build(cluster, &format!("clusters[{i}]"), metrics).await {
@@ -92,7 +93,7 @@ impl Snapshot {
 async fn load_filters(
     config: &Config,
     loader: Option<&Arc<dyn FilterLoader>>,
-    metrics: &Arc<Metrics>,
+    host: &FilterHost,
 ) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>> {
     if config.filters.is_empty() {
         return Ok(HashMap::new());
@@ -100,8 +101,8 @@ async fn load_filters(
     let Some(loader) = loader.cloned() else {
         return Err(vec![FieldError::new("filters", "this proxy was started without a Wasm runtime")]);
     };
-    let (filters, metrics) = (config.filters.clone(), metrics.clone());
-    tokio::task::spawn_blocking(move || loader.load(&filters, &metrics))
+    let (filters, host) = (config.filters.clone(), host.clone());
+    tokio::task::spawn_blocking(move || loader.load(&filters, &host))
         .await
         .map_err(|e| vec![FieldError::new("filters", format!("loading stopped: {e}"))])?
 }

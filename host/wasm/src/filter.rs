@@ -1,18 +1,22 @@
 //! A configured filter: a few warm instances of its module (one per worker thread is enough,
-//! since calls are short), and the per-request stream that runs its callbacks. A failing
-//! instance is replaced with backoff; the request in flight gets the filter's failure policy,
-//! and no other request or filter notices.
+//! since calls are short), the per-request stream that runs its callbacks, and the callouts,
+//! timers and queue events that reach an instance outside a request. A failing instance is
+//! replaced with backoff; the request in flight gets the filter's failure policy, and no other
+//! request or filter notices.
 
+use crate::callout::{self, CalloutReply};
 use crate::module::FilterModule;
+use crate::queues::{FilterEvent, QueueOwner};
 use crate::stream::StreamState;
-use crate::vm::{LocalResponse, Vm, VmError};
+use crate::vm::{LocalResponse, ParkOutcome, Phase, Resumption, Vm, VmError};
 use crate::PluginInfo;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use weft_config::FailurePolicy;
-use weft_proxy::chain::{FilterStream, HttpFilter, RequestDecisions, StreamInfo, Verdict};
+use weft_proxy::chain::{FilterStream, HttpFilter, Message, Resumed, StreamInfo, Verdict};
 use weft_proxy::http::{LocalReply, ProxyBody};
 use weft_proxy::metrics::{FilterFailureLabels, Metrics, Name};
 
@@ -21,6 +25,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 struct Slot {
+    index: usize,
     vm: Option<Vm>,
     /// Bumped each time the instance is replaced: contexts of an older one are gone.
     generation: u64,
@@ -37,6 +42,10 @@ struct Shared {
     metrics: Arc<Metrics>,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Where callouts run (the proxy's runtime; `None` outside one, in unit tests).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Queue events for the instances, handled on the filter's event thread.
+    events: Sender<FilterEvent>,
 }
 
 pub struct WasmFilter {
@@ -52,10 +61,13 @@ impl WasmFilter {
         instances: usize,
         metrics: Arc<Metrics>,
     ) -> Result<WasmFilter, VmError> {
+        let (events, received) = std::sync::mpsc::channel();
         let mut slots = Vec::with_capacity(instances.max(1));
-        for _ in 0..instances.max(1) {
-            let vm = Vm::start(&module, plugin.clone())?;
-            slots.push(Mutex::new(Slot { vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF }));
+        for index in 0..instances.max(1) {
+            let owner = QueueOwner { events: Some(events.clone()), slot: index, generation: 0 };
+            let vm = Vm::start(&module, plugin.clone(), owner)?;
+            let slot = Slot { index, vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF };
+            slots.push(Mutex::new(slot));
         }
         let shared = Shared {
             plugin,
@@ -66,9 +78,11 @@ impl WasmFilter {
             metrics,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            events,
         };
         let shared = Arc::new(shared);
-        spawn_ticker(&shared);
+        spawn_event_thread(&shared, received);
         Ok(WasmFilter { shared })
     }
 }
@@ -115,7 +129,8 @@ impl Shared {
     /// The slot's instance, making a new one if the last failed and its backoff has passed.
     fn ready<'a>(&self, slot: &'a mut Slot) -> Option<&'a mut Vm> {
         if slot.vm.is_none() && slot.retry_at.is_none_or(|at| Instant::now() >= at) {
-            match Vm::start(&self.module, self.plugin.clone()) {
+            let owner = QueueOwner { events: Some(self.events.clone()), slot: slot.index, generation: slot.generation };
+            match Vm::start(&self.module, self.plugin.clone(), owner) {
                 Ok(vm) => {
                     slot.vm = Some(vm);
                     slot.retry_at = None;
@@ -164,45 +179,119 @@ impl Shared {
     }
 }
 
-/// How often the ticker looks for due timers; periods are honoured to this resolution.
+/// How often the event thread looks for due timers; periods are honoured to this resolution.
 const TICK_RESOLUTION: Duration = Duration::from_millis(10);
 /// How often it looks when no instance has asked for ticks.
 const IDLE_TICK_CHECK: Duration = Duration::from_millis(100);
 
-/// Calls `proxy_on_tick` on each instance whose root asked for it, at its period. The thread
-/// ends by itself once the filter is gone (after a reload removed it).
-fn spawn_ticker(shared: &Arc<Shared>) {
+/// The filter's thread for what happens outside requests: `proxy_on_tick` on each instance
+/// whose root asked for it, at its period, and `proxy_on_queue_ready` when a queue it registered
+/// has data. It ends by itself once the filter is gone (after a reload removed it).
+fn spawn_event_thread(shared: &Arc<Shared>, events: Receiver<FilterEvent>) {
     let weak = Arc::downgrade(shared);
     let slots = shared.slots.len();
-    let name = format!("weft-tick-{}", shared.plugin.name);
+    let name = format!("weft-filter-{}", shared.plugin.name);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let mut due: Vec<Option<Instant>> = vec![None; slots];
+        let mut sleep = IDLE_TICK_CHECK;
         loop {
+            let event = events.recv_timeout(sleep);
             let Some(shared) = weak.upgrade() else { return };
-            let mut sleep = IDLE_TICK_CHECK;
-            for (index, next) in due.iter_mut().enumerate() {
-                let mut slot = shared.lock(index);
-                let Some(period) = slot.vm.as_ref().and_then(Vm::tick_period) else {
-                    *next = None;
-                    continue;
-                };
-                sleep = TICK_RESOLUTION;
-                let now = Instant::now();
-                if now < *next.get_or_insert(now + period) {
-                    continue;
-                }
-                *next = Some(now + period);
-                let result = slot.vm.as_mut().map_or(Ok(()), Vm::tick);
-                if let Err(error) = result {
-                    let _ = shared.failed(&mut slot, &error);
-                }
+            match event {
+                Ok(FilterEvent::QueueReady { slot, generation, queue }) => shared.queue_ready(slot, generation, queue),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            drop(shared);
-            std::thread::sleep(sleep);
+            sleep = shared.run_due_ticks(&mut due);
         }
     });
     if let Err(error) = spawned {
-        tracing::error!(%error, "cannot start the filter's timer thread; its proxy_on_tick will not run");
+        tracing::error!(%error, "cannot start the filter's event thread; its timers and queues will not run");
+    }
+}
+
+impl Shared {
+    /// Ticks the instances whose period has come; returns how long to wait before looking again.
+    fn run_due_ticks(self: &Arc<Self>, due: &mut [Option<Instant>]) -> Duration {
+        let mut sleep = IDLE_TICK_CHECK;
+        for (index, next) in due.iter_mut().enumerate() {
+            let mut slot = self.lock(index);
+            let Some(period) = slot.vm.as_ref().and_then(Vm::tick_period) else {
+                *next = None;
+                continue;
+            };
+            sleep = TICK_RESOLUTION;
+            let now = Instant::now();
+            if now < *next.get_or_insert(now + period) {
+                continue;
+            }
+            *next = Some(now + period);
+            let generation = slot.generation;
+            let Some(vm) = slot.vm.as_mut() else { continue };
+            match vm.tick() {
+                Ok(()) => dispatch(self, index, generation, vm),
+                Err(error) => {
+                    let _ = self.failed(&mut slot, &error);
+                }
+            }
+        }
+        sleep
+    }
+
+    fn queue_ready(self: &Arc<Self>, index: usize, generation: u64, queue: u32) {
+        if index >= self.slots.len() {
+            return;
+        }
+        let mut slot = self.lock(index);
+        if slot.generation != generation {
+            return;
+        }
+        let Some(vm) = slot.vm.as_mut() else { return };
+        match vm.queue_ready(queue) {
+            Ok(()) => dispatch(self, index, generation, vm),
+            Err(error) => {
+                let _ = self.failed(&mut slot, &error);
+            }
+        }
+    }
+}
+
+/// Sends the callouts an instance's last calls asked for. Each answer is delivered to the
+/// instance that asked, unless it was replaced meanwhile (its requests got their failure policy).
+fn dispatch(shared: &Arc<Shared>, index: usize, generation: u64, vm: &mut Vm) {
+    let outbox = vm.take_outbox();
+    if outbox.is_empty() {
+        return;
+    }
+    let (Some(runtime), Some(callouts)) = (shared.runtime.as_ref(), shared.plugin.callouts.as_ref()) else {
+        tracing::error!(filter = %shared.plugin.name, "callouts cannot be sent outside the proxy's runtime");
+        return;
+    };
+    for callout in outbox {
+        let sending = callouts.send(&callout.cluster, callout.request, callout.timeout);
+        let (shared, token, grpc, cluster) = (shared.clone(), callout.token, callout.grpc, callout.cluster);
+        runtime.spawn(async move {
+            let result = sending.await;
+            if let Err(reason) = &result {
+                tracing::debug!(filter = %shared.plugin.name, %cluster, %reason, "callout failed");
+            }
+            let mut slot = shared.lock(index);
+            if slot.generation != generation {
+                return;
+            }
+            let Some(vm) = slot.vm.as_mut() else { return };
+            let delivered = if grpc {
+                vm.deliver_grpc(token, callout::grpc_outcome(result))
+            } else {
+                vm.deliver_http(token, result.ok().map(CalloutReply::from))
+            };
+            match delivered {
+                Ok(()) => dispatch(&shared, index, generation, vm),
+                Err(error) => {
+                    let _ = shared.failed(&mut slot, &error);
+                }
+            }
+        });
     }
 }
 
@@ -212,49 +301,8 @@ struct WasmStream {
     slot: usize,
     /// (instance generation, context id) once the context exists.
     context: Option<(u64, u32)>,
+    /// The request's state between callbacks (parked in the instance while the request waits).
     state: Option<StreamState>,
-}
-
-impl WasmStream {
-    /// Runs a headers callback with `install`/`remove` moving the message into and out of the
-    /// state the hostcalls see.
-    fn run(
-        &mut self,
-        response: bool,
-        header_count: impl FnOnce(&StreamState) -> usize,
-        install: impl FnOnce(&mut StreamState),
-        remove: impl FnOnce(&mut StreamState),
-    ) -> Outcome {
-        let shared = self.shared.clone();
-        let mut slot = shared.lock(self.slot);
-        let generation = slot.generation;
-        let Some(vm) = shared.ready(&mut slot) else { return Outcome::Failed(shared.policy_verdict()) };
-        let context = match self.context {
-            Some((g, id)) if g == generation => id,
-            Some(_) => return Outcome::Failed(shared.policy_verdict()),
-            None => match vm.create_context() {
-                Ok(id) => {
-                    self.context = Some((generation, id));
-                    id
-                }
-                Err(error) => return Outcome::Failed(shared.failed(&mut slot, &error)),
-            },
-        };
-        let Some(mut state) = self.state.take() else { return Outcome::Failed(shared.policy_verdict()) };
-        install(&mut state);
-        shared.calls.fetch_add(1, Ordering::Relaxed);
-        let count = header_count(&state) as u32;
-        let (mut state, result) = vm.on_headers(response, context, count, state);
-        remove(&mut state);
-        self.state = Some(state);
-        match result {
-            Ok((_action, local)) => Outcome::Done(local),
-            Err(error) => {
-                self.context = None;
-                Outcome::Failed(shared.failed(&mut slot, &error))
-            }
-        }
-    }
 }
 
 fn placeholder_request() -> http::request::Parts {
@@ -265,61 +313,146 @@ fn placeholder_response() -> http::response::Parts {
     http::Response::new(()).into_parts().0
 }
 
-impl FilterStream for WasmStream {
-    fn on_request_headers(&mut self, request: &mut http::request::Parts, decisions: &mut RequestDecisions) -> Verdict {
-        let taken = std::mem::replace(request, placeholder_request());
-        let chosen = decisions.upstream_cluster.as_ref().map(|c| c.as_str().to_owned());
-        let mut back = None;
-        let outcome = self.run(
-            false,
-            |s| s.count(crate::abi::MapType::RequestHeaders),
-            |s| {
-                s.request = Some(taken);
-                if chosen.is_some() {
-                    s.upstream_cluster = chosen;
-                }
-            },
-            |s| back = s.request.take(),
-        );
-        if let Some(parts) = back {
-            *request = parts;
+fn phase_of(message: &Message<'_>) -> Phase {
+    match message {
+        Message::RequestHeaders(..) => Phase::RequestHeaders,
+        Message::RequestBody(_) => Phase::RequestBody,
+        Message::RequestTrailers(_) => Phase::RequestTrailers,
+        Message::ResponseHeaders(_) => Phase::ResponseHeaders,
+        Message::ResponseBody(_) => Phase::ResponseBody,
+        Message::ResponseTrailers(_) => Phase::ResponseTrailers,
+    }
+}
+
+/// Moves the message into the state the hostcalls see; returns the callback's size argument
+/// (header count or body length).
+fn install(state: &mut StreamState, message: &mut Message<'_>) -> u32 {
+    use crate::abi::MapType;
+    let count = match message {
+        Message::RequestHeaders(parts, decisions) => {
+            state.request = Some(std::mem::replace(*parts, placeholder_request()));
+            if let Some(chosen) = &decisions.upstream_cluster {
+                state.upstream_cluster = Some(chosen.as_str().to_owned());
+            }
+            state.count(MapType::RequestHeaders)
         }
-        if let Some(cluster) = self.state.as_ref().and_then(|s| s.upstream_cluster.as_deref()) {
-            if decisions.upstream_cluster.as_ref().is_none_or(|c| c.as_str() != cluster) {
-                decisions.upstream_cluster = Some(Name::new(cluster));
+        Message::RequestBody(body) => {
+            state.request_body = Some(std::mem::take(*body));
+            state.request_body.as_ref().map_or(0, |b| b.len())
+        }
+        Message::RequestTrailers(trailers) => {
+            state.request_trailers = Some(std::mem::take(*trailers));
+            state.count(MapType::RequestTrailers)
+        }
+        Message::ResponseHeaders(parts) => {
+            state.response = Some(std::mem::replace(*parts, placeholder_response()));
+            state.count(MapType::ResponseHeaders)
+        }
+        Message::ResponseBody(body) => {
+            state.response_body = Some(std::mem::take(*body));
+            state.response_body.as_ref().map_or(0, |b| b.len())
+        }
+        Message::ResponseTrailers(trailers) => {
+            state.response_trailers = Some(std::mem::take(*trailers));
+            state.count(MapType::ResponseTrailers)
+        }
+    };
+    count as u32
+}
+
+/// Moves the (maybe edited) message back out of the state, with the filter's routing choice.
+fn take_back(state: &mut StreamState, message: &mut Message<'_>) {
+    match message {
+        Message::RequestHeaders(parts, decisions) => {
+            if let Some(request) = state.request.take() {
+                **parts = request;
+            }
+            if let Some(cluster) = state.upstream_cluster.as_deref() {
+                if decisions.upstream_cluster.as_ref().is_none_or(|c| c.as_str() != cluster) {
+                    decisions.upstream_cluster = Some(Name::new(cluster));
+                }
             }
         }
-        verdict(outcome)
-    }
-
-    fn on_response_headers(&mut self, response: &mut http::response::Parts) -> Verdict {
-        let taken = std::mem::replace(response, placeholder_response());
-        let mut back = None;
-        let outcome = self.run(
-            true,
-            |s| s.count(crate::abi::MapType::ResponseHeaders),
-            |s| s.response = Some(taken),
-            |s| back = s.response.take(),
-        );
-        if let Some(parts) = back {
-            *response = parts;
+        Message::RequestBody(body) => **body = state.request_body.take().unwrap_or_default(),
+        Message::RequestTrailers(trailers) => **trailers = state.request_trailers.take().unwrap_or_default(),
+        Message::ResponseHeaders(parts) => {
+            if let Some(response) = state.response.take() {
+                **parts = response;
+            }
         }
-        verdict(outcome)
+        Message::ResponseBody(body) => **body = state.response_body.take().unwrap_or_default(),
+        Message::ResponseTrailers(trailers) => **trailers = state.response_trailers.take().unwrap_or_default(),
     }
 }
 
-/// How a callback went: it ran (maybe asking for a local response), or the filter failed and
-/// the failure policy decided.
-enum Outcome {
-    Done(Option<LocalResponse>),
-    Failed(Verdict),
-}
+impl FilterStream for WasmStream {
+    fn on(&mut self, mut message: Message<'_>, end_of_stream: bool) -> Verdict {
+        let phase = phase_of(&message);
+        let shared = self.shared.clone();
+        let mut slot = shared.lock(self.slot);
+        let generation = slot.generation;
+        let Some(vm) = shared.ready(&mut slot) else { return shared.policy_verdict() };
+        let context = match self.context {
+            Some((g, id)) if g == generation => id,
+            // The instance this request started in was replaced: its context is gone.
+            Some(_) => return shared.policy_verdict(),
+            None => match vm.create_context() {
+                Ok(id) => {
+                    self.context = Some((generation, id));
+                    id
+                }
+                Err(error) => return shared.failed(&mut slot, &error),
+            },
+        };
+        let Some(mut state) = self.state.take() else { return shared.policy_verdict() };
+        let size = install(&mut state, &mut message);
+        shared.calls.fetch_add(1, Ordering::Relaxed);
+        let (mut state, result) = vm.run_phase(phase, context, size, end_of_stream, state);
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                take_back(&mut state, &mut message);
+                self.state = Some(state);
+                self.context = None;
+                return shared.failed(&mut slot, &error);
+            }
+        };
+        dispatch(&shared, self.slot, generation, vm);
+        let holds_body_back = phase.is_body() && !end_of_stream;
+        if outcome.pause && outcome.local.is_none() && !outcome.closed && !holds_body_back {
+            // Wait for the filter to resume the request; it stays in the instance meanwhile.
+            let (wake, woken) = tokio::sync::oneshot::channel::<Resumption>();
+            vm.park(context, state, wake);
+            return Verdict::Pause(Box::pin(async move { Box::new(woken.await.ok()) as Resumed }));
+        }
+        take_back(&mut state, &mut message);
+        self.state = Some(state);
+        match (outcome.local, outcome.closed, outcome.pause) {
+            (Some(local), _, _) => Verdict::Respond(local_response(local)),
+            (None, true, _) => Verdict::Respond(closed_response()),
+            // A body phase that pauses before the end holds its data back.
+            (None, false, true) => Verdict::Buffer,
+            (None, false, false) => Verdict::Continue,
+        }
+    }
 
-fn verdict(outcome: Outcome) -> Verdict {
-    match outcome {
-        Outcome::Done(Some(local)) => Verdict::Respond(local_response(local)),
-        Outcome::Done(None) => Verdict::Continue,
-        Outcome::Failed(verdict) => verdict,
+    fn resume(&mut self, mut message: Message<'_>, resumed: Resumed) -> Verdict {
+        let resumption = resumed.downcast::<Option<Resumption>>().ok().and_then(|boxed| *boxed);
+        // The instance always hands a parked request back; without it the request is lost.
+        let Some(Resumption { mut state, outcome }) = resumption else {
+            return Verdict::Respond(LocalReply::FilterFailed.into_response());
+        };
+        take_back(&mut state, &mut message);
+        self.state = Some(state);
+        match outcome {
+            ParkOutcome::Continue => Verdict::Continue,
+            ParkOutcome::Respond(local) => Verdict::Respond(local_response(local)),
+            ParkOutcome::Close => Verdict::Respond(closed_response()),
+            ParkOutcome::Failed => {
+                self.context = None;
+                self.shared.policy_verdict()
+            }
+        }
     }
 }
 
@@ -337,6 +470,13 @@ impl Drop for WasmStream {
             }
         }
     }
+}
+
+/// `proxy_close_stream`: the client's stream is reset (a 503 head, then the stream breaks).
+fn closed_response() -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::reset());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 /// The response a filter asked for. A gRPC one is trailers-only: `grpc-status` and

@@ -5,11 +5,13 @@
 //! instances, each a [`vm::Vm`]) → one stream per request, a context inside an instance.
 
 pub mod abi;
+mod callout;
 mod engine;
 mod filter;
 mod hostcalls;
 mod memory;
 pub mod module;
+mod queues;
 mod shared;
 mod stream;
 mod vm;
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weft_config::FieldError;
-use weft_proxy::chain::{FilterLoader, HttpFilter};
+use weft_proxy::chain::{Callouts, FilterHost, FilterLoader, HttpFilter};
 use weft_proxy::metrics::Metrics;
 
 /// What an instance knows about the filter it serves.
@@ -37,6 +39,10 @@ pub struct PluginInfo {
     /// Metrics the filter defined.
     pub defined_metrics: Arc<shared::DefinedMetrics>,
     pub proxy_metrics: Arc<Metrics>,
+    /// How the filter reaches clusters (`None` in unit tests).
+    pub callouts: Option<Arc<dyn Callouts>>,
+    /// The process's shared queues; this filter's are named by its name (its vm id).
+    pub queues: Arc<queues::SharedQueues>,
 }
 
 impl PluginInfo {
@@ -59,6 +65,7 @@ pub struct WasmLoader {
     compiled: Mutex<HashMap<String, Arc<module::FilterModule>>>,
     /// Per filter name, so data and metric ids survive reloads.
     shared: Mutex<HashMap<String, shared::FilterState>>,
+    queues: Arc<queues::SharedQueues>,
 }
 
 impl WasmLoader {
@@ -66,7 +73,14 @@ impl WasmLoader {
     /// `cache`: a folder for compiled modules, written by weft's user alone.
     pub fn new(instances: usize, cache: Option<std::path::PathBuf>) -> Result<WasmLoader, String> {
         let engine = WasmEngine::new()?;
-        Ok(WasmLoader { engine, instances, cache, compiled: Mutex::default(), shared: Mutex::default() })
+        Ok(WasmLoader {
+            engine,
+            instances,
+            cache,
+            compiled: Mutex::default(),
+            shared: Mutex::default(),
+            queues: Arc::default(),
+        })
     }
 
     fn module(&self, bytes: &[u8]) -> Result<Arc<module::FilterModule>, String> {
@@ -84,7 +98,7 @@ impl WasmLoader {
         &self,
         filter: &weft_config::Filter,
         at: &str,
-        metrics: &Arc<Metrics>,
+        host: &FilterHost,
     ) -> Result<Arc<dyn HttpFilter>, FieldError> {
         if filter.module.starts_with("sha256:") {
             return Err(FieldError::new(
@@ -104,14 +118,16 @@ impl WasmLoader {
         let plugin = Arc::new(PluginInfo {
             shared_data: state.data,
             defined_metrics: state.metrics,
-            proxy_metrics: metrics.clone(),
+            proxy_metrics: host.metrics.clone(),
+            callouts: Some(host.callouts.clone()),
+            queues: self.queues.clone(),
             name: filter.name.clone(),
             root_id: filter.root_id.clone(),
             configuration,
             memory_limit: filter.limits.memory.bytes() as usize,
             time_limit: filter.limits.time_per_call.get(),
         });
-        let started = WasmFilter::new(plugin, module, filter.failure_policy, self.instances, metrics.clone());
+        let started = WasmFilter::new(plugin, module, filter.failure_policy, self.instances, host.metrics.clone());
         let filter = started.map_err(|error| match error {
             vm::VmError::ConfigureRefused => {
                 FieldError::new(format!("{at}.config"), "refused by the filter (proxy_on_configure returned false)")
@@ -126,12 +142,12 @@ impl FilterLoader for WasmLoader {
     fn load(
         &self,
         filters: &[weft_config::Filter],
-        metrics: &Arc<Metrics>,
+        host: &FilterHost,
     ) -> Result<HashMap<String, Arc<dyn HttpFilter>>, Vec<FieldError>> {
         let mut loaded = HashMap::new();
         let mut errors = Vec::new();
         for (i, filter) in filters.iter().enumerate() {
-            match self.load_one(filter, &format!("filters[{i}]"), metrics) {
+            match self.load_one(filter, &format!("filters[{i}]"), host) {
                 Ok(built) => {
                     loaded.insert(filter.name.clone(), built);
                 }

@@ -1,5 +1,6 @@
 //! A request as a filter sees it during a callback: its header maps (with the HTTP/2 style
-//! pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, `:status`) and its properties.
+//! pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, `:status`), the body and trailers
+//! of the phase that runs, and its properties.
 
 use crate::abi::MapType;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -10,6 +11,11 @@ pub struct StreamState {
     pub info: Arc<StreamInfo>,
     pub request: Option<http::request::Parts>,
     pub response: Option<http::response::Parts>,
+    /// The body data of a body phase: what arrived, plus what the filter held back before.
+    pub request_body: Option<bytes::BytesMut>,
+    pub response_body: Option<bytes::BytesMut>,
+    pub request_trailers: Option<HeaderMap>,
+    pub response_trailers: Option<HeaderMap>,
     /// The writable `weft.upstream_cluster` property.
     pub upstream_cluster: Option<String>,
     /// Properties a filter set that weft does not interpret, readable back by the filters.
@@ -25,13 +31,25 @@ pub enum EditError {
 
 impl StreamState {
     pub fn new(info: Arc<StreamInfo>) -> Self {
-        StreamState { info, request: None, response: None, upstream_cluster: None, custom: Vec::new() }
+        StreamState {
+            info,
+            request: None,
+            response: None,
+            request_body: None,
+            response_body: None,
+            request_trailers: None,
+            response_trailers: None,
+            upstream_cluster: None,
+            custom: Vec::new(),
+        }
     }
 
     fn headers(&self, map: MapType) -> Option<&HeaderMap> {
         match map {
             MapType::RequestHeaders => self.request.as_ref().map(|r| &r.headers),
             MapType::ResponseHeaders => self.response.as_ref().map(|r| &r.headers),
+            MapType::RequestTrailers => self.request_trailers.as_ref(),
+            MapType::ResponseTrailers => self.response_trailers.as_ref(),
             _ => None,
         }
     }
@@ -40,6 +58,8 @@ impl StreamState {
         match map {
             MapType::RequestHeaders => self.request.as_mut().map(|r| &mut r.headers),
             MapType::ResponseHeaders => self.response.as_mut().map(|r| &mut r.headers),
+            MapType::RequestTrailers => self.request_trailers.as_mut(),
+            MapType::ResponseTrailers => self.response_trailers.as_mut(),
             _ => None,
         }
     }
@@ -150,6 +170,29 @@ impl StreamState {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The body of the phase that runs, when `response` says which one.
+    pub fn body(&self, response: bool) -> Option<&bytes::BytesMut> {
+        if response {
+            self.response_body.as_ref()
+        } else {
+            self.request_body.as_ref()
+        }
+    }
+
+    /// Replaces `length` bytes at `start` with `data` (clamped to the body: `start` past the end
+    /// appends, a `length` past the end replaces the rest), as Envoy does.
+    pub fn splice_body(&mut self, response: bool, start: usize, length: usize, data: &[u8]) -> bool {
+        let body = if response { self.response_body.as_mut() } else { self.request_body.as_mut() };
+        let Some(body) = body else { return false };
+        let start = start.min(body.len());
+        let end = start.saturating_add(length).min(body.len());
+        let tail = body.split_off(end);
+        body.truncate(start);
+        body.extend_from_slice(data);
+        body.extend_from_slice(&tail);
+        true
     }
 
     /// A property's value in the ABI's encoding: strings raw, integers 8 bytes little-endian,
@@ -278,6 +321,19 @@ mod tests {
     }
 
     #[test]
+    fn body_edits_replace_prepend_and_append() {
+        let mut state = state();
+        assert!(!state.splice_body(false, 0, 0, b"x"), "no body in this phase");
+        state.request_body = Some(bytes::BytesMut::from(&b"hello world"[..]));
+        assert!(state.splice_body(false, 0, 5, b"HELLO"));
+        assert!(state.splice_body(false, 0, 0, b">"));
+        assert!(state.splice_body(false, 100, 0, b"<"));
+        assert_eq!(&state.body(false).unwrap()[..], b">HELLO world<");
+        assert!(state.splice_body(false, 0, usize::MAX, b"all new"));
+        assert_eq!(&state.body(false).unwrap()[..], b"all new");
+    }
+
+    #[test]
     fn properties_use_the_abi_encodings() {
         let mut state = state();
         let plugin = crate::PluginInfo {
@@ -289,6 +345,8 @@ mod tests {
             shared_data: Default::default(),
             defined_metrics: Default::default(),
             proxy_metrics: weft_proxy::metrics::Metrics::new(),
+            callouts: None,
+            queues: Default::default(),
         };
         assert_eq!(state.property(&["request", "path"], &plugin).unwrap(), b"/a?b=1");
         assert_eq!(state.property(&["request", "url_path"], &plugin).unwrap(), b"/a");

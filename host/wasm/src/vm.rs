@@ -1,25 +1,55 @@
 //! One warm instance of a filter module: its store, its exports, its root context. Requests are
 //! contexts inside it (never an instance per request). A call that traps, runs past its deadline
 //! or outgrows its memory poisons the instance; the filter replaces it.
+//!
+//! A request whose filter paused is parked here, with its message, so the callbacks that later
+//! resume it (a callout's response, a timer, a queue) can still read and edit it.
 
+use crate::callout::{Callout, CalloutReply, GrpcOutcome};
 use crate::module::FilterModule;
+use crate::queues::QueueOwner;
 use crate::stream::StreamState;
 use crate::PluginInfo;
+use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 use wasmtime::{Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 
-/// What hostcalls reach: the instance's memory and allocator, the plugin, and the request whose
-/// callback is running (moved in for the call, moved out after).
+/// What hostcalls reach: the instance's memory and allocator, the plugin, the request whose
+/// callback is running (moved in for the call, moved out after) and the paused requests.
 pub struct HostState {
     pub limits: StoreLimits,
     pub memory: Option<Memory>,
     pub allocate: Option<TypedFunc<u32, u32>>,
     pub plugin: Arc<PluginInfo>,
+    /// The request of the context whose callback runs (`current`).
     pub stream: Option<StreamState>,
-    /// A local response the running callback asked for.
+    /// The context whose callback runs (0: none, e.g. during a callout's response).
+    pub current: u32,
+    /// The context hostcalls act on; the guest may switch it (`proxy_set_effective_context`).
+    pub effective: u32,
+    /// A local response the running callback asked for, for its own request.
     pub local_response: Option<LocalResponse>,
+    /// The running callback resumed its own request (`proxy_continue_stream`).
+    pub continued: bool,
+    /// The running callback closed its own request (`proxy_close_stream`).
+    pub closed: bool,
+    /// Requests waiting for their filter to resume them, by context.
+    pub parked: HashMap<u32, Parked>,
     /// How often the root context wants `proxy_on_tick` (set by the guest; `None`: never).
     pub tick_period: Option<std::time::Duration>,
+    /// Callouts asked for during the last call, to be sent once it returns.
+    pub outbox: Vec<Callout>,
+    /// Callouts in flight: token → the context that made it.
+    pub callouts: HashMap<u32, u32>,
+    pub next_token: u32,
+    /// The callout response being delivered.
+    pub callout_reply: Option<CalloutReply>,
+    /// The last gRPC callout's message and status, for `proxy_get_buffer_bytes`/`proxy_get_status`.
+    pub grpc_message: Vec<u8>,
+    pub grpc_status: (u32, String),
+    /// Who gets told when a queue this instance registered has data.
+    pub queue_owner: QueueOwner,
 }
 
 /// `proxy_send_local_response`'s arguments, applied when the callback returns.
@@ -30,6 +60,64 @@ pub struct LocalResponse {
     pub headers: Vec<(String, Vec<u8>)>,
     /// -1 when the response is not gRPC.
     pub grpc_status: i32,
+}
+
+/// How a paused request goes on.
+pub enum ParkOutcome {
+    Continue,
+    Respond(LocalResponse),
+    Close,
+    /// The instance failed (or went away) while the request waited.
+    Failed,
+}
+
+/// What a paused request gets back when it is resumed: its state (with its message) and how
+/// it goes on.
+pub struct Resumption {
+    pub state: StreamState,
+    pub outcome: ParkOutcome,
+}
+
+pub struct Parked {
+    pub state: StreamState,
+    pub outcome: Option<ParkOutcome>,
+    pub wake: oneshot::Sender<Resumption>,
+}
+
+impl HostState {
+    /// The request hostcalls act on now, whether its callback runs or it is parked.
+    pub fn stream(&self) -> Option<&StreamState> {
+        if self.effective == self.current {
+            self.stream.as_ref()
+        } else {
+            self.parked.get(&self.effective).map(|p| &p.state)
+        }
+    }
+
+    pub fn stream_mut(&mut self) -> Option<&mut StreamState> {
+        if self.effective == self.current {
+            self.stream.as_mut()
+        } else {
+            self.parked.get_mut(&self.effective).map(|p| &mut p.state)
+        }
+    }
+
+    /// Ends the effective request's wait (or, for the running one, its phase) with `outcome`.
+    /// The first decision holds.
+    pub fn decide(&mut self, outcome: ParkOutcome) {
+        if self.effective == self.current && self.stream.is_some() {
+            match outcome {
+                ParkOutcome::Respond(local) => {
+                    self.local_response.get_or_insert(local);
+                }
+                ParkOutcome::Close => self.closed = true,
+                ParkOutcome::Continue => self.continued = true,
+                ParkOutcome::Failed => {}
+            }
+        } else if let Some(parked) = self.parked.get_mut(&self.effective) {
+            parked.outcome.get_or_insert(outcome);
+        }
+    }
 }
 
 /// Why a call into the guest failed. Each makes the instance unusable.
@@ -47,14 +135,51 @@ pub enum VmError {
     Instantiate(String),
 }
 
+/// The HTTP phases a stream context has callbacks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+impl Phase {
+    pub fn is_body(self) -> bool {
+        matches!(self, Phase::RequestBody | Phase::ResponseBody)
+    }
+}
+
+/// What a phase callback decided.
+pub struct PhaseOutcome {
+    pub pause: bool,
+    pub local: Option<LocalResponse>,
+    pub closed: bool,
+}
+
+type Callback3 = Option<TypedFunc<(u32, u32, u32), u32>>;
+type Callback2 = Option<TypedFunc<(u32, u32), u32>>;
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponse = Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>;
+
 struct Exports {
     on_context_create: TypedFunc<(u32, u32), ()>,
-    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_headers: Callback3,
+    on_request_body: Callback3,
+    on_request_trailers: Callback2,
+    on_response_headers: Callback3,
+    on_response_body: Callback3,
+    on_response_trailers: Callback2,
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
     on_tick: Option<TypedFunc<u32, ()>>,
+    on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    on_http_call_response: CallResponse,
+    on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
 }
 
 pub struct Vm {
@@ -77,7 +202,7 @@ fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
 impl Vm {
     /// Instantiates the module and runs its start-up: `_initialize` (or `_start`), the root
     /// context, `proxy_on_vm_start` and `proxy_on_configure` with the plugin's config.
-    pub fn start(module: &FilterModule, plugin: Arc<PluginInfo>) -> Result<Vm, VmError> {
+    pub fn start(module: &FilterModule, plugin: Arc<PluginInfo>, queue_owner: QueueOwner) -> Result<Vm, VmError> {
         let limits =
             StoreLimitsBuilder::new().memory_size(plugin.memory_limit).instances(1).tables(4).memories(1).build();
         let engine = module.engine();
@@ -87,8 +212,20 @@ impl Vm {
             allocate: None,
             plugin: plugin.clone(),
             stream: None,
+            current: 0,
+            effective: 1,
             local_response: None,
+            continued: false,
+            closed: false,
+            parked: HashMap::new(),
             tick_period: None,
+            outbox: Vec::new(),
+            callouts: HashMap::new(),
+            next_token: 1,
+            callout_reply: None,
+            grpc_message: Vec::new(),
+            grpc_status: (0, String::new()),
+            queue_owner,
         };
         let mut store = Store::new(&engine, host);
         store.limiter(|host| &mut host.limits);
@@ -105,11 +242,19 @@ impl Vm {
         let exports = Exports {
             on_context_create,
             on_request_headers: typed(&instance, &mut store, "proxy_on_request_headers"),
+            on_request_body: typed(&instance, &mut store, "proxy_on_request_body"),
+            on_request_trailers: typed(&instance, &mut store, "proxy_on_request_trailers"),
             on_response_headers: typed(&instance, &mut store, "proxy_on_response_headers"),
+            on_response_body: typed(&instance, &mut store, "proxy_on_response_body"),
+            on_response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers"),
             on_log: typed(&instance, &mut store, "proxy_on_log"),
             on_done: typed(&instance, &mut store, "proxy_on_done"),
             on_delete: typed(&instance, &mut store, "proxy_on_delete"),
             on_tick: typed(&instance, &mut store, "proxy_on_tick"),
+            on_queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready"),
+            on_http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response"),
+            on_grpc_receive: typed(&instance, &mut store, "proxy_on_grpc_receive"),
+            on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close"),
         };
         let time_limit_ms = plugin.time_limit.as_millis() as u64;
         let mut vm = Vm { store, exports, root_context: 1, next_context: 2, deadline_ticks: ticks, time_limit_ms };
@@ -136,13 +281,37 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Runs one top-level call into the guest under the per-call deadline.
+    /// Runs one top-level call into the guest under the per-call deadline, then wakes the
+    /// paused requests the call resumed.
     fn call<R>(&mut self, f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R, VmError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        f(&mut self.store).map_err(|error| match error.downcast_ref::<wasmtime::Trap>() {
+        let result = f(&mut self.store).map_err(|error| match error.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => VmError::Deadline(self.time_limit_ms),
             _ => VmError::Trap(format!("{error:#}")),
-        })
+        })?;
+        self.wake_resumed();
+        Ok(result)
+    }
+
+    /// Hands each parked request its filter resumed back to its waiting request path.
+    fn wake_resumed(&mut self) {
+        let parked = &mut self.store.data_mut().parked;
+        if parked.is_empty() {
+            return;
+        }
+        let resumed: Vec<u32> = parked.iter().filter(|(_, p)| p.outcome.is_some()).map(|(id, _)| *id).collect();
+        for context in resumed {
+            if let Some(Parked { state, outcome: Some(outcome), wake }) = parked.remove(&context) {
+                let _ = wake.send(Resumption { state, outcome });
+            }
+        }
+    }
+
+    /// Points hostcalls at `context` (0: no request's callback is running).
+    fn enter(&mut self, current: u32, effective: u32) {
+        let data = self.store.data_mut();
+        data.current = current;
+        data.effective = effective;
     }
 
     /// The tick period the filter asked for, if any.
@@ -153,7 +322,15 @@ impl Vm {
     /// Calls `proxy_on_tick` on the root context.
     pub fn tick(&mut self) -> Result<(), VmError> {
         let (Some(tick), root) = (self.exports.on_tick.clone(), self.root_context) else { return Ok(()) };
+        self.enter(0, root);
         self.call(|store| tick.call(store, root))
+    }
+
+    /// Calls `proxy_on_queue_ready` on the root context.
+    pub fn queue_ready(&mut self, queue: u32) -> Result<(), VmError> {
+        let (Some(ready), root) = (self.exports.on_queue_ready.clone(), self.root_context) else { return Ok(()) };
+        self.enter(0, root);
+        self.call(|store| ready.call(store, (root, queue)))
     }
 
     /// Size of the instance's linear memory now.
@@ -166,36 +343,109 @@ impl Vm {
         let id = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(2);
         let (create, root) = (self.exports.on_context_create.clone(), self.root_context);
+        self.enter(0, root);
         self.call(|store| create.call(store, (id, root)))?;
         Ok(id)
     }
 
-    /// Runs a headers callback with `state` reachable by hostcalls; returns the state back, the
-    /// guest's action and any local response it asked for.
-    pub fn on_headers(
+    /// Runs a phase callback with `state` reachable by hostcalls; returns the state back and
+    /// what the filter decided. `arg`: the header count or the body size.
+    pub fn run_phase(
         &mut self,
-        response: bool,
+        phase: Phase,
         context: u32,
-        header_count: u32,
+        arg: u32,
+        end_of_stream: bool,
         state: StreamState,
-    ) -> (StreamState, Result<(u32, Option<LocalResponse>), VmError>) {
-        let callback =
-            if response { self.exports.on_response_headers.clone() } else { self.exports.on_request_headers.clone() };
-        self.store.data_mut().stream = Some(state);
-        let result = match callback {
-            Some(callback) => self.call(|store| callback.call(store, (context, header_count, 0))),
-            None => Ok(crate::abi::ACTION_CONTINUE),
+    ) -> (StreamState, Result<PhaseOutcome, VmError>) {
+        let exports = &self.exports;
+        let (three, two) = match phase {
+            Phase::RequestHeaders => (exports.on_request_headers.clone(), None),
+            Phase::RequestBody => (exports.on_request_body.clone(), None),
+            Phase::RequestTrailers => (None, exports.on_request_trailers.clone()),
+            Phase::ResponseHeaders => (exports.on_response_headers.clone(), None),
+            Phase::ResponseBody => (exports.on_response_body.clone(), None),
+            Phase::ResponseTrailers => (None, exports.on_response_trailers.clone()),
+        };
+        self.enter(context, context);
+        let data = self.store.data_mut();
+        data.stream = Some(state);
+        (data.continued, data.closed) = (false, false);
+        let result = match (three, two) {
+            (Some(callback), _) => self.call(|store| callback.call(store, (context, arg, end_of_stream.into()))),
+            (None, Some(callback)) => self.call(|store| callback.call(store, (context, arg))),
+            (None, None) => Ok(crate::abi::ACTION_CONTINUE),
         };
         let data = self.store.data_mut();
         let state = data.stream.take().unwrap_or_else(|| unreachable!("the stream state was put in above"));
-        let local = data.local_response.take();
-        (state, result.map(|action| (action, local)))
+        data.current = 0;
+        let outcome = result.map(|action| PhaseOutcome {
+            pause: action == crate::abi::ACTION_PAUSE && !data.continued,
+            local: data.local_response.take(),
+            closed: data.closed,
+        });
+        (state, outcome)
+    }
+
+    /// Keeps a paused request here until its filter resumes it; `wake` gets it back then.
+    pub fn park(&mut self, context: u32, state: StreamState, wake: oneshot::Sender<Resumption>) {
+        self.store.data_mut().parked.insert(context, Parked { state, outcome: None, wake });
+    }
+
+    /// Callouts the last calls asked for.
+    pub fn take_outbox(&mut self) -> Vec<Callout> {
+        std::mem::take(&mut self.store.data_mut().outbox)
+    }
+
+    /// Delivers an HTTP callout's response (`None`: it failed) to the context that made it,
+    /// unless that context has ended.
+    pub fn deliver_http(&mut self, token: u32, reply: Option<CalloutReply>) -> Result<(), VmError> {
+        let Some(context) = self.store.data_mut().callouts.remove(&token) else { return Ok(()) };
+        let Some(callback) = self.exports.on_http_call_response.clone() else { return Ok(()) };
+        let counts = reply.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
+        self.store.data_mut().callout_reply = reply;
+        self.enter(0, context);
+        let result = self.call(|store| {
+            callback.call(store, (context, token, counts.0 as u32, counts.1 as u32, counts.2 as u32))
+        });
+        self.store.data_mut().callout_reply = None;
+        result
+    }
+
+    /// Delivers a gRPC callout's outcome to the context that made it, unless that context ended.
+    pub fn deliver_grpc(&mut self, token: u32, outcome: GrpcOutcome) -> Result<(), VmError> {
+        let Some(context) = self.store.data_mut().callouts.remove(&token) else { return Ok(()) };
+        self.enter(0, context);
+        let result = match outcome {
+            GrpcOutcome::Message(message) => {
+                let Some(callback) = self.exports.on_grpc_receive.clone() else { return Ok(()) };
+                let size = message.len() as u32;
+                let data = self.store.data_mut();
+                data.grpc_message = message;
+                data.grpc_status = (0, String::new());
+                self.call(|store| callback.call(store, (context, token, size)))
+            }
+            GrpcOutcome::Status(code, message) => {
+                let Some(callback) = self.exports.on_grpc_close.clone() else { return Ok(()) };
+                let data = self.store.data_mut();
+                data.grpc_message.clear();
+                data.grpc_status = (code, message);
+                self.call(|store| callback.call(store, (context, token, code)))
+            }
+        };
+        self.store.data_mut().grpc_message.clear();
+        result
     }
 
     /// Ends a stream context: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete` (Envoy's order).
+    /// A request still parked here is taken back for it; its callouts are forgotten.
     pub fn finish_context(&mut self, context: u32, state: Option<StreamState>) -> Result<(), VmError> {
-        self.store.data_mut().stream = state;
+        let data = self.store.data_mut();
+        let parked = data.parked.remove(&context).map(|p| p.state);
+        data.callouts.retain(|_, owner| *owner != context);
+        data.stream = state.or(parked);
         let exports = (self.exports.on_log.clone(), self.exports.on_done.clone(), self.exports.on_delete.clone());
+        self.enter(context, context);
         let result = (|| {
             if let Some(log) = exports.0 {
                 self.call(|store| log.call(store, context))?;
@@ -208,8 +458,19 @@ impl Vm {
             }
             Ok(())
         })();
-        self.store.data_mut().stream = None;
-        self.store.data_mut().local_response = None;
+        let data = self.store.data_mut();
+        data.stream = None;
+        data.current = 0;
+        data.local_response = None;
         result
+    }
+}
+
+impl Drop for Vm {
+    /// The requests still parked here get their state back, marked failed, so none is lost.
+    fn drop(&mut self) {
+        for (_, parked) in self.store.data_mut().parked.drain() {
+            let _ = parked.wake.send(Resumption { state: parked.state, outcome: ParkOutcome::Failed });
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! buffer of the proxy's own. Streamed bodies are counted as they pass, never collected.
 
 use super::exchange::Exchange;
+use super::filtered::FilteredBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -10,10 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+/// The error a body ends with: the peer's, or a filter's decision to stop it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 enum Kind {
     Empty,
     Full(Option<Bytes>),
     Streamed(Incoming),
+    /// Passing through the listener's filters.
+    Filtered(Box<FilteredBody>),
+    /// Ends in an error at once, so the client sees the stream reset.
+    Reset,
 }
 
 /// Where the bytes of a body are counted as they pass.
@@ -41,6 +49,15 @@ impl ProxyBody {
 
     pub fn streamed(body: Incoming) -> Self {
         ProxyBody { kind: Kind::Streamed(body), meter: Meter::None }
+    }
+
+    pub fn filtered(body: FilteredBody) -> Self {
+        ProxyBody { kind: Kind::Filtered(Box::new(body)), meter: Meter::None }
+    }
+
+    /// A body that fails at once: the client sees its stream (or connection) reset.
+    pub fn reset() -> Self {
+        ProxyBody { kind: Kind::Reset, meter: Meter::None }
     }
 
     /// Counts the data bytes into `counter` as they pass.
@@ -75,14 +92,16 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Empty => None,
             Kind::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Streamed(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Kind::Streamed(body) => ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from)),
+            Kind::Filtered(body) => ready!(Pin::new(&mut **body).poll_frame(cx)),
+            Kind::Reset => Some(Err("the stream was closed by a filter".into())),
         };
         match &frame {
             Some(Ok(frame)) => {
@@ -107,6 +126,8 @@ impl Body for ProxyBody {
             Kind::Empty => true,
             Kind::Full(data) => data.is_none(),
             Kind::Streamed(body) => body.is_end_stream(),
+            Kind::Filtered(body) => body.is_end_stream(),
+            Kind::Reset => false,
         }
     }
 
@@ -115,6 +136,8 @@ impl Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Streamed(body) => body.size_hint(),
+            // Filters may change a body's length.
+            Kind::Filtered(_) | Kind::Reset => SizeHint::default(),
         }
     }
 }

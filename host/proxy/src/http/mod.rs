@@ -3,14 +3,16 @@
 
 mod body;
 mod exchange;
+mod filtered;
 mod headers;
 mod local_reply;
 
-pub use body::ProxyBody;
+pub use body::{BoxError, ProxyBody};
+pub use filtered::FilteredBody;
 pub use exchange::rfc3339;
 pub use local_reply::LocalReply;
 
-use crate::chain::{RequestDecisions, StreamInfo, Verdict};
+use crate::chain::{RequestDecisions, StreamInfo};
 use crate::cluster::{hash_bytes, hash_ip, Cluster};
 use crate::listener::Downstream;
 use crate::metrics::ListenerLabels;
@@ -19,6 +21,7 @@ use crate::upstream::{self, UpstreamError};
 use crate::Shared;
 use exchange::{AccessLogFields, Exchange};
 use http::{header, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -117,15 +120,16 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
 
     let mut decisions = RequestDecisions::default();
-    let filters = exchange.filters.insert(listener.chain.start(|| StreamInfo {
+    let filters = listener.chain.start(|| StreamInfo {
         listener: listener.name.clone(),
         connection_id: conn.id,
         source: conn.peer,
         destination: conn.local,
         tls: conn.tls.clone(),
         started: SystemTime::now(),
-    }));
-    if let Verdict::Respond(response) = filters.on_request_headers(&mut parts, &mut decisions) {
+    });
+    exchange.filters = Some(filters.clone());
+    if let Some(response) = filters.request_headers(&mut parts, &mut decisions, body.is_end_stream()).await {
         return Ok(response);
     }
     let cluster_name =
@@ -145,16 +149,35 @@ async fn proxy(
     parts.uri = upstream_uri(cluster, &parts, &endpoint.name)?;
     parts.version = Version::HTTP_11;
 
-    let body = ProxyBody::streamed(body).counted(exchange.bytes_received.clone());
+    let buffer_limit = limits.max_buffered_body.bytes() as usize;
+    let (body, filter_reply) = if filters.is_empty() || body.is_end_stream() {
+        (ProxyBody::streamed(body), None)
+    } else {
+        let (to_client, filter_reply) = tokio::sync::oneshot::channel();
+        (ProxyBody::filtered(FilteredBody::request(body, filters.clone(), buffer_limit, to_client)), Some(filter_reply))
+    };
+    let body = body.counted(exchange.bytes_received.clone());
     let started = Instant::now();
-    let response = upstream::send(
+    let send = upstream::send(
         &endpoint,
         &cluster.name,
         Request::from_parts(parts, body),
         cluster.config.request_timeout.get(),
         &exchange.metrics,
-    )
-    .await?;
+    );
+    let response = match filter_reply {
+        None => send.await?,
+        // A filter may answer while the request body is on its way (or refuse it as too large);
+        // its answer wins over the upstream's error that abandoning the body causes.
+        Some(mut filter_reply) => tokio::select! {
+            biased;
+            Ok(reply) = &mut filter_reply => return Ok(reply),
+            response = send => match response {
+                Err(error) => return filter_reply.try_recv().map_err(|_| LocalReply::from(error)),
+                Ok(response) => response,
+            },
+        },
+    };
     exchange.upstream_latency = Some(started.elapsed());
 
     let (mut parts, body) = response.into_parts();
@@ -168,12 +191,18 @@ async fn proxy(
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    if let Some(filters) = exchange.filters.as_mut() {
-        if let Verdict::Respond(response) = filters.on_response_headers(&mut parts) {
-            return Ok(response);
-        }
+    if filters.is_empty() {
+        return Ok(Response::from_parts(parts, ProxyBody::streamed(body)));
     }
-    Ok(Response::from_parts(parts, ProxyBody::streamed(body)))
+    if let Some(response) = filters.response_headers(&mut parts, body.is_end_stream()).await {
+        return Ok(response);
+    }
+    let body = if body.is_end_stream() {
+        ProxyBody::streamed(body)
+    } else {
+        ProxyBody::filtered(FilteredBody::response(body, filters, buffer_limit))
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The client's authority: the URI's (HTTP/2, absolute-form) or the `Host` header.
@@ -187,7 +216,7 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 
 /// The absolute URI the pool needs. It keeps the client's authority, so `Host`/`:authority`
 /// arrive upstream as the client sent them; the connection itself goes to the chosen endpoint.
-fn upstream_uri(cluster: &Cluster, parts: &http::request::Parts, endpoint: &str) -> Result<Uri, LocalReply> {
+pub(crate) fn upstream_uri(cluster: &Cluster, parts: &http::request::Parts, endpoint: &str) -> Result<Uri, LocalReply> {
     let authority = parts
         .uri
         .authority()

@@ -1,7 +1,6 @@
 //! The hostcalls a Proxy-Wasm module imports (module `env`), and the WASI preview1 calls that
 //! modules built for `wasm32-wasip1` make. Every import the public SDK declares is defined here.
-//! A call weft does not support yet traps with a message that names it, so the filter's failure
-//! policy applies and the log says exactly what was missing.
+//! What weft does not serve (streaming gRPC, foreign functions) answers UNIMPLEMENTED.
 
 mod wasi;
 
@@ -9,7 +8,9 @@ use crate::abi::{self, status, BufferType, MapType};
 use crate::memory;
 use crate::shared::MetricOutcome;
 use crate::stream::EditError;
-use crate::vm::{HostState, LocalResponse};
+use crate::callout::{self, Callout};
+use crate::vm::{HostState, LocalResponse, ParkOutcome};
+use weft_proxy::chain::DEFAULT_CALLOUT_TIMEOUT;
 use wasmtime::{Caller, Error, Linker, Result};
 
 type Ctx<'a> = Caller<'a, HostState>;
@@ -21,13 +22,10 @@ pub fn define(linker: &mut Linker<HostState>) -> Result<()> {
     define_buffers_and_properties(linker)?;
     define_stream_control(linker)?;
     define_shared_data_and_metrics(linker)?;
-    define_not_yet_supported(linker)?;
+    define_callouts(linker)?;
+    define_shared_queues(linker)?;
+    define_unimplemented(linker)?;
     Ok(())
-}
-
-/// A trap naming a hostcall weft does not offer yet.
-fn unsupported(call: &str) -> Error {
-    Error::msg(format!("{call} is not supported by this version of weft"))
 }
 
 fn define_logging_and_time(linker: &mut Linker<HostState>) -> Result<()> {
@@ -79,13 +77,27 @@ fn edited(result: std::result::Result<(), EditError>) -> Result<u32> {
     }
 }
 
+/// The maps of a callout's response, read-only; `None` for the request's own maps.
+fn callout_map(host: &HostState, map: MapType) -> Option<&[(Vec<u8>, Vec<u8>)]> {
+    match map {
+        MapType::HttpCallResponseHeaders => Some(host.callout_reply.as_ref().map_or(&[], |r| r.headers.as_slice())),
+        MapType::HttpCallResponseTrailers => Some(host.callout_reply.as_ref().map_or(&[], |r| r.trailers.as_slice())),
+        // Unary gRPC callouts hand over the message; their metadata is not kept.
+        MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => Some(&[]),
+        _ => None,
+    }
+}
+
 fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",
         |mut caller: Ctx, map: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
             let map = map_type(map)?;
-            let pairs = caller.data().stream.as_ref().map(|s| s.pairs(map)).unwrap_or_default();
+            let pairs = match callout_map(caller.data(), map) {
+                Some(pairs) => pairs.to_vec(),
+                None => caller.data().stream().map(|s| s.pairs(map)).unwrap_or_default(),
+            };
             let bytes = if pairs.is_empty() {
                 Vec::new()
             } else {
@@ -100,7 +112,10 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_header_map_size",
         |mut caller: Ctx, map: u32, size_out: u32| -> Result<u32> {
             let map = map_type(map)?;
-            let count = caller.data().stream.as_ref().map_or(0, |s| s.count(map));
+            let count = match callout_map(caller.data(), map) {
+                Some(pairs) => pairs.len(),
+                None => caller.data().stream().map_or(0, |s| s.count(map)),
+            };
             memory::write_u32(&mut caller, size_out, count as u32)?;
             Ok(status::OK)
         },
@@ -110,7 +125,12 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_header_map_value",
         |mut caller: Ctx, map: u32, key: u32, key_len: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
             let (map, key) = (map_type(map)?, memory::read_string(&caller, key, key_len)?);
-            let value = caller.data().stream.as_ref().and_then(|s| s.value(map, &key));
+            let value = match callout_map(caller.data(), map) {
+                Some(pairs) => {
+                    pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| v.clone())
+                }
+                None => caller.data().stream().and_then(|s| s.value(map, &key)),
+            };
             give_or_not_found(&mut caller, value, ptr_out, size_out)
         },
     )?;
@@ -121,7 +141,7 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
             let map = map_type(map)?;
             let bytes = memory::read(&caller, ptr, len)?;
             let pairs = abi::decode_pairs(&bytes).ok_or_else(|| Error::msg("malformed header map"))?;
-            let Some(stream) = caller.data_mut().stream.as_mut() else { return Ok(status::NOT_FOUND) };
+            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
             edited(stream.replace_all(map, &pairs))
         },
     )?;
@@ -133,7 +153,7 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
                 let map = map_type(map)?;
                 let key = memory::read_string(&caller, key, key_len)?;
                 let value = memory::read(&caller, value, value_len)?;
-                let Some(stream) = caller.data_mut().stream.as_mut() else { return Ok(status::NOT_FOUND) };
+                let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
                 edited(stream.set(map, &key, &value, append))
             },
         )?;
@@ -143,11 +163,18 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_remove_header_map_value",
         |mut caller: Ctx, map: u32, key: u32, key_len: u32| -> Result<u32> {
             let (map, key) = (map_type(map)?, memory::read_string(&caller, key, key_len)?);
-            let Some(stream) = caller.data_mut().stream.as_mut() else { return Ok(status::NOT_FOUND) };
+            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
             edited(stream.remove(map, &key))
         },
     )?;
     Ok(())
+}
+
+/// `max` bytes of `bytes` from `start`, clamped to what there is.
+fn window(bytes: &[u8], start: u32, max: u32) -> &[u8] {
+    let start = (start as usize).min(bytes.len());
+    let end = start.saturating_add(max as usize).min(bytes.len());
+    &bytes[start..end]
 }
 
 fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
@@ -158,27 +185,66 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
             let bytes = match BufferType::from_abi(buffer) {
                 Some(BufferType::PluginConfiguration) => caller.data().plugin.configuration.clone(),
                 Some(BufferType::VmConfiguration) => Vec::new(),
-                Some(BufferType::RequestBody | BufferType::ResponseBody) => {
-                    return Err(unsupported("reading HTTP bodies"))
+                Some(kind @ (BufferType::RequestBody | BufferType::ResponseBody)) => {
+                    let response = kind == BufferType::ResponseBody;
+                    match caller.data().stream().and_then(|s| s.body(response)) {
+                        Some(body) => window(body, start, max).to_vec(),
+                        None => return Ok(status::NOT_FOUND),
+                    }
                 }
+                Some(BufferType::HttpCallResponseBody) => match &caller.data().callout_reply {
+                    Some(reply) => window(&reply.body, start, max).to_vec(),
+                    None => return Ok(status::NOT_FOUND),
+                },
+                Some(BufferType::GrpcReceiveBuffer) => window(&caller.data().grpc_message, start, max).to_vec(),
                 _ => return Ok(status::NOT_FOUND),
             };
-            let start = (start as usize).min(bytes.len());
-            let end = start.saturating_add(max as usize).min(bytes.len());
-            memory::give(&mut caller, &bytes[start..end], ptr_out, size_out)?;
+            memory::give(&mut caller, &bytes, ptr_out, size_out)?;
             Ok(status::OK)
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_buffer_status",
-        |_: Ctx, _buffer: u32, _size_out: u32, _flags_out: u32| -> u32 { status::UNIMPLEMENTED },
+        |mut caller: Ctx, buffer: u32, size_out: u32, flags_out: u32| -> Result<u32> {
+            let data = caller.data();
+            let size = match BufferType::from_abi(buffer) {
+                Some(BufferType::PluginConfiguration) => data.plugin.configuration.len(),
+                Some(BufferType::VmConfiguration) => 0,
+                Some(kind @ (BufferType::RequestBody | BufferType::ResponseBody)) => {
+                    match data.stream().and_then(|s| s.body(kind == BufferType::ResponseBody)) {
+                        Some(body) => body.len(),
+                        None => return Ok(status::NOT_FOUND),
+                    }
+                }
+                Some(BufferType::HttpCallResponseBody) => match &data.callout_reply {
+                    Some(reply) => reply.body.len(),
+                    None => return Ok(status::NOT_FOUND),
+                },
+                Some(BufferType::GrpcReceiveBuffer) => data.grpc_message.len(),
+                _ => return Ok(status::NOT_FOUND),
+            };
+            memory::write_u32(&mut caller, size_out, size as u32)?;
+            memory::write_u32(&mut caller, flags_out, 0)?;
+            Ok(status::OK)
+        },
     )?;
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |_: Ctx, _b: u32, _s: u32, _n: u32, _p: u32, _l: u32| -> Result<u32> {
-            Err(unsupported("proxy_set_buffer_bytes (rewriting HTTP bodies)"))
+        |mut caller: Ctx, buffer: u32, start: u32, length: u32, ptr: u32, size: u32| -> Result<u32> {
+            let response = match BufferType::from_abi(buffer) {
+                Some(BufferType::RequestBody) => false,
+                Some(BufferType::ResponseBody) => true,
+                _ => return Ok(status::NOT_FOUND),
+            };
+            let bytes = memory::read(&caller, ptr, size)?;
+            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
+            Ok(if stream.splice_body(response, start as usize, length as usize, &bytes) {
+                status::OK
+            } else {
+                status::NOT_FOUND
+            })
         },
     )?;
     linker.func_wrap(
@@ -188,7 +254,7 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
             let path = memory::read_string(&caller, path, path_len)?;
             let segments: Vec<&str> = path.split('\0').collect();
             let data = caller.data();
-            let value = match &data.stream {
+            let value = match data.stream() {
                 Some(stream) => stream.property(&segments, &data.plugin),
                 None => data.plugin.property(&segments),
             };
@@ -202,7 +268,7 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
             let path = memory::read_string(&caller, path, path_len)?;
             let value = memory::read(&caller, value, value_len)?;
             let segments: Vec<&str> = path.split('\0').collect();
-            if let Some(stream) = caller.data_mut().stream.as_mut() {
+            if let Some(stream) = caller.data_mut().stream_mut() {
                 stream.set_property(&segments, &value);
             }
             Ok(status::OK)
@@ -232,17 +298,29 @@ fn define_stream_control(linker: &mut Linker<HostState>) -> Result<()> {
             let headers =
                 pairs.into_iter().map(|(k, v)| (String::from_utf8_lossy(k).to_ascii_lowercase(), v.to_vec())).collect();
             let status = u16::try_from(status_code).ok().filter(|s| (200..=599).contains(s)).unwrap_or(500);
-            caller.data_mut().local_response = Some(LocalResponse { status, body, headers, grpc_status });
+            caller.data_mut().decide(ParkOutcome::Respond(LocalResponse { status, body, headers, grpc_status }));
             Ok(status::OK)
         },
     )?;
-    // Streams never stay paused yet (no bodies or callouts), so there is nothing to resume.
-    linker.func_wrap("env", "proxy_continue_stream", |_: Ctx, _stream: u32| -> u32 { status::OK })?;
-    linker.func_wrap("env", "proxy_close_stream", |_: Ctx, _stream: u32| -> Result<u32> {
-        Err(unsupported("proxy_close_stream"))
+    // The SDK treats any answer but OK to these as a bug and panics, so they answer OK; a call
+    // aimed at a request that is not waiting changes nothing.
+    linker.func_wrap("env", "proxy_continue_stream", |mut caller: Ctx, _stream: u32| -> u32 {
+        caller.data_mut().decide(ParkOutcome::Continue);
+        status::OK
     })?;
-    linker.func_wrap("env", "proxy_set_effective_context", |_: Ctx, _context: u32| -> u32 { status::OK })?;
+    linker.func_wrap("env", "proxy_close_stream", |mut caller: Ctx, _stream: u32| -> u32 {
+        caller.data_mut().decide(ParkOutcome::Close);
+        status::OK
+    })?;
+    linker.func_wrap("env", "proxy_set_effective_context", |mut caller: Ctx, context: u32| -> u32 {
+        caller.data_mut().effective = context;
+        status::OK
+    })?;
     linker.func_wrap("env", "proxy_done", |_: Ctx| -> u32 { status::OK })?;
+    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Ctx, period: u32| -> u32 {
+        caller.data_mut().tick_period = (period > 0).then(|| std::time::Duration::from_millis(period.into()));
+        status::OK
+    })?;
     Ok(())
 }
 
@@ -312,80 +390,187 @@ fn define_shared_data_and_metrics(linker: &mut Linker<HostState>) -> Result<()> 
     Ok(())
 }
 
-/// Calls a filter can make that weft does not serve yet. The ones whose SDK wrappers take an
-/// error status answer it; the rest trap with their name.
-fn define_not_yet_supported(linker: &mut Linker<HostState>) -> Result<()> {
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Ctx, period: u32| -> u32 {
-        caller.data_mut().tick_period = (period > 0).then(|| std::time::Duration::from_millis(period.into()));
-        status::OK
-    })?;
+/// Registers a callout to be sent once the running callback returns; its token goes to the guest.
+fn queue_callout(caller: &mut Ctx, cluster: String, request: http::Request<bytes::Bytes>, timeout_ms: u32, grpc: bool, token_out: u32) -> Result<u32> {
+    let timeout = match timeout_ms {
+        0 => DEFAULT_CALLOUT_TIMEOUT,
+        ms => std::time::Duration::from_millis(ms.into()),
+    };
+    let host = caller.data_mut();
+    let token = host.next_token;
+    host.next_token = host.next_token.wrapping_add(1).max(1);
+    let context = host.effective;
+    host.callouts.insert(token, context);
+    host.outbox.push(Callout { token, cluster, request, timeout, grpc });
+    memory::write_u32(caller, token_out, token)?;
+    Ok(status::OK)
+}
+
+/// Whether `cluster` is one the filter can call now; the log says why not.
+fn known_cluster(caller: &Ctx, cluster: &str) -> bool {
+    let plugin = &caller.data().plugin;
+    let known = plugin.callouts.as_ref().is_some_and(|c| c.knows(cluster));
+    if !known {
+        tracing::warn!(filter = %plugin.name, cluster, "callout to a cluster that is not configured");
+    }
+    known
+}
+
+fn define_callouts(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_http_call",
-        |_: Ctx,
-         _u: u32,
-         _ul: u32,
-         _h: u32,
-         _hl: u32,
-         _b: u32,
-         _bl: u32,
-         _t: u32,
-         _tl: u32,
-         _timeout: u32,
-         _token: u32|
-         -> u32 { status::INTERNAL_FAILURE },
+        |mut caller: Ctx,
+         upstream: u32,
+         upstream_len: u32,
+         headers: u32,
+         headers_len: u32,
+         body: u32,
+         body_len: u32,
+         _trailers: u32,
+         _trailers_len: u32,
+         timeout_ms: u32,
+         token_out: u32|
+         -> Result<u32> {
+            let cluster = memory::read_string(&caller, upstream, upstream_len)?;
+            let header_bytes = memory::read(&caller, headers, headers_len)?;
+            let body = memory::read(&caller, body, body_len)?;
+            let pairs = abi::decode_pairs(&header_bytes).ok_or_else(|| Error::msg("malformed header map in a callout"))?;
+            if !known_cluster(&caller, &cluster) {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            match callout::http_request(&pairs, body) {
+                Ok(request) => queue_callout(&mut caller, cluster, request, timeout_ms, false, token_out),
+                Err(reason) => {
+                    tracing::warn!(filter = %caller.data().plugin.name, %reason, "refused a callout");
+                    Ok(status::BAD_ARGUMENT)
+                }
+            }
+        },
     )?;
     linker.func_wrap(
         "env",
         "proxy_grpc_call",
-        |_: Ctx,
-         _a: u32,
-         _b: u32,
-         _c: u32,
-         _d: u32,
-         _e: u32,
-         _f: u32,
-         _g: u32,
-         _h: u32,
-         _i: u32,
-         _j: u32,
-         _timeout: u32,
-         _token: u32|
-         -> u32 { status::INTERNAL_FAILURE },
+        |mut caller: Ctx,
+         upstream: u32,
+         upstream_len: u32,
+         service: u32,
+         service_len: u32,
+         method: u32,
+         method_len: u32,
+         metadata: u32,
+         metadata_len: u32,
+         message: u32,
+         message_len: u32,
+         timeout_ms: u32,
+         token_out: u32|
+         -> Result<u32> {
+            let cluster = memory::read_string(&caller, upstream, upstream_len)?;
+            let service = memory::read_string(&caller, service, service_len)?;
+            let method = memory::read_string(&caller, method, method_len)?;
+            let metadata = memory::read(&caller, metadata, metadata_len)?;
+            let message = memory::read(&caller, message, message_len)?;
+            let metadata = if metadata.is_empty() {
+                Vec::new()
+            } else {
+                abi::decode_pairs(&metadata).ok_or_else(|| Error::msg("malformed metadata in a gRPC callout"))?
+            };
+            if !known_cluster(&caller, &cluster) {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            match callout::grpc_request(&cluster, &service, &method, &metadata, &message) {
+                Ok(request) => queue_callout(&mut caller, cluster, request, timeout_ms, true, token_out),
+                Err(reason) => {
+                    tracing::warn!(filter = %caller.data().plugin.name, reason, "refused a gRPC callout");
+                    Ok(status::BAD_ARGUMENT)
+                }
+            }
+        },
     )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut caller: Ctx, code_out: u32, message_out: u32, message_size_out: u32| -> Result<u32> {
+            let (code, message) = caller.data().grpc_status.clone();
+            memory::write_u32(&mut caller, code_out, code)?;
+            memory::give(&mut caller, message.as_bytes(), message_out, message_size_out)?;
+            Ok(status::OK)
+        },
+    )?;
+    Ok(())
+}
+
+fn define_shared_queues(linker: &mut Linker<HostState>) -> Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut caller: Ctx, name: u32, name_len: u32, id_out: u32| -> Result<u32> {
+            let name = memory::read_string(&caller, name, name_len)?;
+            let host = caller.data();
+            let id = host.plugin.queues.register(&host.plugin.name, &name, host.queue_owner.clone());
+            memory::write_u32(&mut caller, id_out, id)?;
+            Ok(status::OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut caller: Ctx, vm_id: u32, vm_id_len: u32, name: u32, name_len: u32, id_out: u32| -> Result<u32> {
+            let vm_id = memory::read_string(&caller, vm_id, vm_id_len)?;
+            let name = memory::read_string(&caller, name, name_len)?;
+            match caller.data().plugin.queues.resolve(&vm_id, &name) {
+                Some(id) => {
+                    memory::write_u32(&mut caller, id_out, id)?;
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |caller: Ctx, id: u32, data: u32, data_len: u32| -> Result<u32> {
+            let data = memory::read(&caller, data, data_len)?;
+            Ok(if caller.data().plugin.queues.enqueue(id, data) { status::OK } else { status::NOT_FOUND })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut caller: Ctx, id: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
+            match caller.data().plugin.queues.dequeue(id) {
+                None => Ok(status::NOT_FOUND),
+                Some(None) => Ok(status::EMPTY),
+                Some(Some(item)) => {
+                    memory::give(&mut caller, &item, ptr_out, size_out)?;
+                    Ok(status::OK)
+                }
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// Calls weft does not serve: streaming gRPC and foreign functions. They answer UNIMPLEMENTED,
+/// as the ABI says; no filter is refused for importing them.
+fn define_unimplemented(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
         |_: Ctx, _a: u32, _b: u32, _c: u32, _d: u32, _e: u32, _f: u32, _g: u32, _h: u32, _token: u32| -> u32 {
-            status::INTERNAL_FAILURE
+            status::UNIMPLEMENTED
         },
     )?;
     linker.func_wrap("env", "proxy_grpc_send", |_: Ctx, _t: u32, _p: u32, _l: u32, _e: u32| -> u32 {
-        status::NOT_FOUND
+        status::UNIMPLEMENTED
     })?;
-    linker.func_wrap("env", "proxy_grpc_cancel", |_: Ctx, _t: u32| -> u32 { status::NOT_FOUND })?;
-    linker.func_wrap("env", "proxy_grpc_close", |_: Ctx, _t: u32| -> u32 { status::NOT_FOUND })?;
-    linker.func_wrap("env", "proxy_get_status", |_: Ctx, _c: u32, _p: u32, _s: u32| -> Result<u32> {
-        Err(unsupported("proxy_get_status"))
-    })?;
-    linker.func_wrap("env", "proxy_register_shared_queue", |_: Ctx, _n: u32, _nl: u32, _id: u32| -> Result<u32> {
-        Err(unsupported("proxy_register_shared_queue (shared queues)"))
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_resolve_shared_queue",
-        |_: Ctx, _v: u32, _vl: u32, _n: u32, _nl: u32, _id: u32| -> u32 { status::NOT_FOUND },
-    )?;
-    linker.func_wrap("env", "proxy_dequeue_shared_queue", |_: Ctx, _id: u32, _p: u32, _s: u32| -> u32 {
-        status::NOT_FOUND
-    })?;
-    linker.func_wrap("env", "proxy_enqueue_shared_queue", |_: Ctx, _id: u32, _p: u32, _l: u32| -> u32 {
-        status::NOT_FOUND
-    })?;
+    linker.func_wrap("env", "proxy_grpc_cancel", |_: Ctx, _t: u32| -> u32 { status::UNIMPLEMENTED })?;
+    linker.func_wrap("env", "proxy_grpc_close", |_: Ctx, _t: u32| -> u32 { status::UNIMPLEMENTED })?;
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |_: Ctx, _n: u32, _nl: u32, _a: u32, _al: u32, _r: u32, _rl: u32| -> u32 { status::NOT_FOUND },
+        |_: Ctx, _n: u32, _nl: u32, _a: u32, _al: u32, _r: u32, _rl: u32| -> u32 { status::UNIMPLEMENTED },
     )?;
     Ok(())
 }

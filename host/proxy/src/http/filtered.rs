@@ -1,0 +1,164 @@
+//! A body on its way through the filter chain: each piece of data goes through the filters'
+//! body phase (which may edit it, hold it back, or answer the request), trailers through their
+//! trailers phase. Used only when the listener has filters.
+
+use super::body::BoxError;
+use super::{LocalReply, ProxyBody};
+use crate::chain::{BodyStop, ChainStreams, Direction};
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::sync::oneshot;
+
+type Step = Pin<Box<dyn Future<Output = Result<Vec<Frame<Bytes>>, BodyStop>> + Send>>;
+
+pub struct FilteredBody {
+    /// The peer's body; `None` once it has ended.
+    inner: Option<Incoming>,
+    chain: ChainStreams,
+    direction: Direction,
+    limit: usize,
+    /// The filters' work on the last frame read, while it runs.
+    step: Option<Step>,
+    /// Frames the filters let through, not yet handed on.
+    ready: VecDeque<Frame<Bytes>>,
+    /// Filters saw data but not yet the end of the stream: they get one last call at the end.
+    owes_end: bool,
+    /// Where a request body sends a filter's answer (or 413) to the client.
+    local_reply: Option<oneshot::Sender<Response<ProxyBody>>>,
+}
+
+impl FilteredBody {
+    /// A request body: a filter's answer during it goes to `local_reply`, and the upstream
+    /// request is abandoned.
+    pub fn request(
+        inner: Incoming,
+        chain: ChainStreams,
+        limit: usize,
+        local_reply: oneshot::Sender<Response<ProxyBody>>,
+    ) -> Self {
+        FilteredBody::new(inner, chain, Direction::Request, limit, Some(local_reply))
+    }
+
+    /// A response body: its head is already on its way, so a filter can only cut it off.
+    pub fn response(inner: Incoming, chain: ChainStreams, limit: usize) -> Self {
+        FilteredBody::new(inner, chain, Direction::Response, limit, None)
+    }
+
+    fn new(
+        inner: Incoming,
+        chain: ChainStreams,
+        direction: Direction,
+        limit: usize,
+        local_reply: Option<oneshot::Sender<Response<ProxyBody>>>,
+    ) -> Self {
+        FilteredBody {
+            inner: Some(inner),
+            chain,
+            direction,
+            limit,
+            step: None,
+            ready: VecDeque::new(),
+            owes_end: false,
+            local_reply,
+        }
+    }
+
+    /// Starts the filters' work on a piece of data, then (if given) on trailers.
+    fn start_step(&mut self, data: Bytes, end_of_stream: bool, trailers: Option<http::HeaderMap>) {
+        let (chain, direction, limit) = (self.chain.clone(), self.direction, self.limit);
+        self.owes_end = !end_of_stream;
+        self.step = Some(Box::pin(async move {
+            let mut frames = Vec::with_capacity(2);
+            let data = chain.body(direction, data, end_of_stream, limit).await?;
+            if !data.is_empty() {
+                frames.push(Frame::data(data));
+            }
+            if let Some(mut trailers) = trailers {
+                if let Some(reply) = chain.trailers(direction, &mut trailers).await {
+                    return Err(BodyStop::Respond(reply));
+                }
+                frames.push(Frame::trailers(trailers));
+            }
+            Ok(frames)
+        }));
+    }
+
+    /// A filter stopped the body: the client gets its answer (requests) and the peer an error.
+    fn stopped(&mut self, stop: BodyStop) -> BoxError {
+        self.inner = None;
+        self.owes_end = false;
+        let (reply, why) = match stop {
+            BodyStop::Respond(reply) => (reply, "a filter answered the request during its body"),
+            BodyStop::TooLarge => (LocalReply::BodyTooLarge.into_response(), "a filter held back more than max_buffered_body"),
+        };
+        match self.local_reply.take() {
+            Some(to_client) => {
+                let _ = to_client.send(reply);
+            }
+            None => tracing::warn!(reason = why, "response body cut off"),
+        }
+        why.into()
+    }
+}
+
+impl Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(frame) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if let Some(step) = this.step.as_mut() {
+                let outcome = ready!(step.as_mut().poll(cx));
+                this.step = None;
+                match outcome {
+                    Ok(frames) => this.ready.extend(frames),
+                    Err(stop) => return Poll::Ready(Some(Err(this.stopped(stop)))),
+                }
+                continue;
+            }
+            let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+            match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = inner.is_end_stream();
+                        this.start_step(data, end, None);
+                    }
+                    Err(frame) => {
+                        // Trailers end the body: the body phase gets its end first.
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.inner = None;
+                            this.start_step(Bytes::new(), true, Some(trailers));
+                        }
+                    }
+                },
+                Some(Err(error)) => {
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                None => {
+                    this.inner = None;
+                    if this.owes_end {
+                        this.start_step(Bytes::new(), true, None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_empty()
+            && self.step.is_none()
+            && !self.owes_end
+            && self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+}
