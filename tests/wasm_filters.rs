@@ -8,7 +8,7 @@ mod support;
 use support::filters::test_filters;
 use support::upstream::echo;
 use support::weft::{metric, run_with_config};
-use support::{curl_ok, get, raw_exchange, TempDir, Weft};
+use support::{curl, curl_ok, get, raw_exchange, TempDir, Weft};
 
 fn filter_config(mode: &str, extra: &str, clusters: &[(&str, String)]) -> String {
     let clusters: String =
@@ -279,4 +279,103 @@ async fn compiled_modules_are_cached_on_disk_for_the_next_start() {
     assert!(!stderr.contains("filter module compiled"), "{stderr}");
     let upstream = seen(&get(second.addr("public"), "/").await.body);
     assert_eq!(upstream["headers"]["x-filtered-by"], "test", "the cached module runs");
+}
+
+#[tokio::test]
+async fn a_filter_reads_and_rewrites_bodies_and_trailers() {
+    let web = echo("web").await;
+    let config = filter_config("body", "", &[("web", web.endpoint())])
+        .replace("    filters: [test]", "    filters: [test]\n    limits: { max_buffered_body: 64KiB }")
+        .replace("    endpoints: [", "    protocol: http2\n    endpoints: [");
+    let weft = Weft::start(&config).await;
+
+    // The request body arrives upstream uppercased; the response comes back wrapped.
+    let out =
+        curl_ok(&["-H", "content-type: text/plain", "--data-binary", "hello body", &weft.url("public", "/")]).await;
+    let inner = out.strip_prefix('[').and_then(|o| o.strip_suffix(']')).unwrap_or_else(|| panic!("not wrapped: {out}"));
+    assert_eq!(seen(inner)["body"], "HELLO BODY");
+
+    // A body arriving in many pieces is buffered whole before the filter decides.
+    let big = weft.dir.join("big.txt");
+    std::fs::write(&big, "x".repeat(40_000) + " forbidden").unwrap();
+    let refused = curl(&["-i", "--data-binary", &format!("@{}", big.display()), &weft.url("public", "/")]).await;
+    let refused = String::from_utf8_lossy(&refused.stdout).to_string();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{}", &refused[..refused.len().min(300)]);
+    assert!(refused.contains("x-refused-by: body filter") && refused.ends_with("body refused\n"), "{refused}");
+
+    // Beyond the listener's max_buffered_body: 413.
+    let huge = weft.dir.join("huge.txt");
+    std::fs::write(&huge, "y".repeat(200_000)).unwrap();
+    let too_large = curl(&["-i", "--data-binary", &format!("@{}", huge.display()), &weft.url("public", "/")]).await;
+    let too_large = String::from_utf8_lossy(&too_large.stdout).to_string();
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    assert!(too_large.contains("x-weft-error: body too large"), "{too_large}");
+
+    // Response trailers pass through the trailers phase.
+    let out = curl_ok(&["--http2-prior-knowledge", "-i", &weft.url("public", "/trailers")]).await;
+    assert!(out.contains("[with trailers]"), "{out}");
+    assert!(out.contains("x-trailer-seen: abc123"), "{out}");
+
+    // A request without a body passes untouched; its response is still wrapped.
+    let plain = curl_ok(&[&weft.url("public", "/get")]).await;
+    assert_eq!(seen(plain.trim_start_matches('[').trim_end_matches(']'))["body"], "");
+}
+
+#[tokio::test]
+async fn an_http_callout_decides_the_request() {
+    let (web, auth) = (echo("web").await, echo("auth").await);
+    let dead = support::upstream::closed_port().to_string();
+    let weft = Weft::start(&filter_config("callout", "", &[("web", web.endpoint()), ("auth", auth.endpoint())])).await;
+
+    let allowed = curl_ok(&["-H", "x-user: alice", &weft.url("public", "/")]).await;
+    let headers = &seen(&allowed)["headers"];
+    assert_eq!(headers["x-auth-upstream"], "auth", "the filter read the callout's response headers");
+    assert!(headers["x-auth-body-bytes"].as_str().unwrap().parse::<u32>().unwrap() > 0, "and its body");
+
+    let denied =
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nx-user: bob\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.header("x-auth-status").as_deref(), Some("403"));
+    assert_eq!(denied.body, "denied by auth");
+    assert_eq!(auth.requests(), 2, "one callout per request");
+    assert_eq!(web.requests(), 1, "the denied request never reached the upstream");
+
+    // The auth service unreachable: the filter hears the callout failed.
+    let weft = Weft::start(&filter_config("callout", "", &[("web", web.endpoint()), ("auth", dead)])).await;
+    let unavailable =
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nx-user: alice\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(unavailable.status, 503);
+    assert_eq!(unavailable.body, "auth unavailable");
+}
+
+#[tokio::test]
+async fn a_grpc_callout_decides_the_request() {
+    let (web, grpc) = (echo("web").await, support::grpc::server().await);
+    let config = filter_config("grpc_callout", "", &[("web", web.endpoint()), ("grpc", grpc.addr.to_string())])
+        .replace("  - name: grpc\n", "  - name: grpc\n    protocol: http2\n");
+    let weft = Weft::start(&config).await;
+    let body = curl_ok(&["-H", "x-say: hello", &weft.url("public", "/")]).await;
+    assert_eq!(seen(&body)["headers"]["x-grpc-said"], "echo: hello");
+
+    let failed =
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nx-say: fail\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(failed.status, 502);
+    assert_eq!(failed.header("x-grpc-status").as_deref(), Some("5"), "NOT_FOUND from the service");
+    assert_eq!(failed.body, "no such thing", "the status message, via proxy_get_status");
+}
+
+#[tokio::test]
+async fn a_queue_wakes_the_root_which_resumes_paused_requests() {
+    let web = echo("web").await;
+    let weft = Weft::start(&filter_config("queue_resume", "", &[("web", web.endpoint())])).await;
+    let requests = (0..6).map(|i| {
+        let url = weft.url("public", &format!("/queued/{i}"));
+        async move { curl_ok(&[&url]).await }
+    });
+    for body in futures_util::future::join_all(requests).await {
+        assert_eq!(seen(&body)["headers"]["x-resumed-by"], "queue", "{body}");
+    }
 }

@@ -50,15 +50,18 @@ impl Callouts for ClusterCallouts {
             let cluster = snapshot.clusters.get(&cluster).ok_or_else(|| format!("no cluster named {cluster:?}"))?;
             let endpoint = cluster.pick(fastrand::u64(..)).clone();
             let (mut parts, body) = request.into_parts();
-            parts.uri = crate::http::upstream_uri(cluster, &parts, &endpoint.name).map_err(|r| r.reason().to_owned())?;
+            parts.uri =
+                crate::http::upstream_uri(cluster, &parts, &endpoint.name).map_err(|r| r.reason().to_owned())?;
             let request = Request::from_parts(parts, ProxyBody::full(body));
             let _in_flight = endpoint.start_request();
             let exchange = async {
-                let response =
-                    crate::upstream::send(&endpoint, &cluster.name, request, timeout, &shared.metrics).await;
-                let (head, body) = response.map_err(|e| crate::http::LocalReply::from(e).reason().to_owned())?.into_parts();
-                let collected =
-                    Limited::new(body, MAX_CALLOUT_BODY).collect().await.map_err(|e| format!("reading the body: {e}"))?;
+                let response = crate::upstream::send(&endpoint, &cluster.name, request, timeout, &shared.metrics).await;
+                let (head, body) =
+                    response.map_err(|e| crate::http::LocalReply::from(e).reason().to_owned())?.into_parts();
+                let collected = Limited::new(body, MAX_CALLOUT_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the body: {e}"))?;
                 let trailers = collected.trailers().cloned().unwrap_or_default();
                 Ok(CalloutResponse { head, body: collected.to_bytes(), trailers })
             };

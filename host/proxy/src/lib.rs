@@ -75,9 +75,10 @@ impl Proxy {
     pub async fn new(drain_timeout: Duration, filter_loader: Option<Arc<dyn chain::FilterLoader>>) -> Arc<Proxy> {
         let metrics = Metrics::new();
         let nowhere = Arc::new(callout::ClusterCallouts { shared: std::sync::Weak::new() });
-        let empty = Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
-            .await
-            .unwrap_or_else(|_| unreachable!("an empty config always builds"));
+        let empty =
+            Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
+                .await
+                .unwrap_or_else(|_| unreachable!("an empty config always builds"));
         let shared =
             Arc::new(Shared { snapshot: ArcSwap::from_pointee(empty), metrics, next_connection: AtomicU64::new(1) });
         let callouts = Arc::new(callout::ClusterCallouts { shared: Arc::downgrade(&shared) });

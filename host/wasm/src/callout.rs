@@ -118,7 +118,7 @@ pub fn grpc_outcome(result: Result<CalloutResponse, String>) -> GrpcOutcome {
     let field = |name: &str| response.trailers.get(name).or_else(|| response.head.headers.get(name));
     let code = field("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(GRPC_UNKNOWN);
     if code != 0 {
-        let message = field("grpc-message").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let message = field("grpc-message").map(|v| percent_decode(v.as_bytes()));
         return GrpcOutcome::Status(code, message.unwrap_or_default());
     }
     let body = &response.body;
@@ -130,6 +130,26 @@ pub fn grpc_outcome(result: Result<CalloutResponse, String>) -> GrpcOutcome {
         Some(message) => GrpcOutcome::Message(message.to_vec()),
         None => GrpcOutcome::Status(GRPC_INTERNAL, "the response message is cut short".into()),
     }
+}
+
+/// `grpc-message` is percent-encoded on the wire (gRPC over HTTP/2); the guest reads it plain.
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 #[cfg(test)]
@@ -165,8 +185,8 @@ mod tests {
     fn grpc_responses_give_the_message_or_the_status() {
         let ok = response(200, &[], &[0, 0, 0, 0, 2, 7, 8], &[("grpc-status", "0")]);
         assert!(matches!(grpc_outcome(Ok(ok)), GrpcOutcome::Message(m) if m == [7, 8]));
-        let denied = response(200, &[("grpc-status", "7"), ("grpc-message", "no")], b"", &[]);
-        assert!(matches!(grpc_outcome(Ok(denied)), GrpcOutcome::Status(7, m) if m == "no"));
+        let denied = response(200, &[("grpc-status", "7"), ("grpc-message", "not%20you%")], b"", &[]);
+        assert!(matches!(grpc_outcome(Ok(denied)), GrpcOutcome::Status(7, m) if m == "not you%"));
         assert!(matches!(grpc_outcome(Ok(response(503, &[], b"", &[]))), GrpcOutcome::Status(14, _)));
         assert!(matches!(grpc_outcome(Err("refused".into())), GrpcOutcome::Status(14, m) if m == "refused"));
         let short = response(200, &[], &[0, 0, 0, 0, 9, 1], &[("grpc-status", "0")]);

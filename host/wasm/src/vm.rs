@@ -405,9 +405,8 @@ impl Vm {
         let counts = reply.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         self.store.data_mut().callout_reply = reply;
         self.enter(0, context);
-        let result = self.call(|store| {
-            callback.call(store, (context, token, counts.0 as u32, counts.1 as u32, counts.2 as u32))
-        });
+        let result = self
+            .call(|store| callback.call(store, (context, token, counts.0 as u32, counts.1 as u32, counts.2 as u32)));
         self.store.data_mut().callout_reply = None;
         result
     }

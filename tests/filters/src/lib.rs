@@ -9,15 +9,24 @@
 //!   metrics it defines (a counter and a histogram)
 //! - `tick`: counts `on_tick` calls (every 20 ms) in shared data; requests see the count
 //! - `misbehave`: panics on `x-trap`, loops forever on `x-spin`, eats memory on `x-hog`
+//! - `body`: buffers request and response bodies whole; uppercases the request body, refuses one
+//!   that says "forbidden" (403), wraps the response body in brackets, notes response trailers
+//! - `callout`: asks the `auth` cluster (`/status/200` for user alice, `/status/403` otherwise)
+//!   before letting a request through; no answer at all means 503
+//! - `grpc_callout`: calls `weft.test.Echo/Say` on the `grpc` cluster with `x-say` and passes
+//!   the reply on as a header; a gRPC error answers 502
+//! - `queue_resume`: each request pauses and queues its context id on its instance's queue; the
+//!   root, told by `on_queue_ready`, switches to that context, marks the request and resumes it
 //! - `bench16`: exactly 16 hostcalls of header work per request (6 header reads, 4 sets, 2 adds,
 //!   2 removals, one property, one read of the whole map), for the benchmark's filter-cost test
 //! Any other mode is a no-op filter: its callbacks return Continue and make no hostcalls.
 //! `{"refuse": true}` makes `on_configure` say no.
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel, MetricType};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel, MapType, MetricType};
 use serde::Deserialize;
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -35,6 +44,8 @@ struct Config {
 #[derive(Default)]
 struct Root {
     config: Config,
+    /// This instance's own queue: context ids only mean something inside one instance.
+    queue_name: String,
 }
 
 impl Context for Root {}
@@ -46,6 +57,12 @@ impl RootContext for Root {
             Ok(config) if !config.refuse => {
                 if config.mode == "tick" {
                     self.set_tick_period(std::time::Duration::from_millis(20));
+                }
+                if config.mode == "queue_resume" {
+                    use std::hash::{BuildHasher, Hasher};
+                    let unique = std::collections::hash_map::RandomState::new().build_hasher().finish();
+                    self.queue_name = format!("paused-{unique:x}");
+                    hostcalls::register_shared_queue(&self.queue_name).ok();
                 }
                 proxy_wasm::hostcalls::log(LogLevel::Info, &format!("configured in mode {}", config.mode)).ok();
                 self.config = config;
@@ -65,8 +82,19 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { mode: self.config.mode.clone() }))
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = hostcalls::dequeue_shared_queue(queue_id) {
+            let Ok(context) = item.try_into().map(u32::from_le_bytes) else { continue };
+            // Act on the paused request's context from the root: mark it, then let it go on.
+            if hostcalls::set_effective_context(context).is_ok() {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-resumed-by", Some("queue")).ok();
+                hostcalls::resume_http_request().ok();
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter { mode: self.config.mode.clone(), context_id, queue_name: self.queue_name.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -76,16 +104,63 @@ impl RootContext for Root {
 
 struct Filter {
     mode: String,
+    context_id: u32,
+    queue_name: String,
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some(status) = self.get_http_call_response_header(":status") else {
+            self.send_http_response(503, vec![], Some(b"auth unavailable"));
+            return;
+        };
+        if status == "200" {
+            let upstream = self.get_http_call_response_header("x-upstream").unwrap_or_default();
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            self.set_http_request_header("x-auth-upstream", Some(&upstream));
+            self.set_http_request_header("x-auth-body-bytes", Some(&body.len().to_string()));
+            self.resume_http_request();
+        } else {
+            self.send_http_response(403, vec![("x-auth-status", &status)], Some(b"denied by auth"));
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        if status_code != 0 {
+            let (_, message) = hostcalls::get_grpc_status().unwrap_or((status_code, None));
+            let body = message.unwrap_or_default();
+            self.send_http_response(502, vec![("x-grpc-status", &status_code.to_string())], Some(body.as_bytes()));
+            return;
+        }
+        let reply = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
+        self.set_http_request_header("x-grpc-said", Some(&decode_string_field(&reply)));
+        self.resume_http_request();
+    }
+}
+
+/// Field 1 (a string) of a protobuf message, enough for the test service's messages.
+fn encode_string_field(text: &str) -> Vec<u8> {
+    let mut message = vec![0x0a, text.len() as u8];
+    message.extend_from_slice(text.as_bytes());
+    message
+}
+
+fn decode_string_field(message: &[u8]) -> String {
+    match message {
+        [0x0a, len, rest @ ..] => String::from_utf8_lossy(&rest[..(*len as usize).min(rest.len())]).into_owned(),
+        _ => String::new(),
+    }
+}
 
 fn text(bytes: Option<Vec<u8>>) -> String {
     bytes.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|| "-".into())
 }
 
 fn number(bytes: Option<Vec<u8>>) -> String {
-    bytes.and_then(|b| b.try_into().ok()).map(|b: [u8; 8]| u64::from_le_bytes(b).to_string()).unwrap_or_else(|| "-".into())
+    bytes
+        .and_then(|b| b.try_into().ok())
+        .map(|b: [u8; 8]| u64::from_le_bytes(b).to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 impl HttpContext for Filter {
@@ -172,6 +247,49 @@ impl HttpContext for Filter {
                 }
                 self.set_http_request_header("x-survived", Some("yes"));
             }
+            "body" => {
+                // The body will change length: the upstream must not be told the old one.
+                self.set_http_request_header("content-length", None);
+            }
+            "callout" => {
+                let user = self.get_http_request_header("x-user").unwrap_or_default();
+                let path = if user == "alice" { "/status/200" } else { "/status/403" };
+                let headers =
+                    vec![(":method", "GET"), (":path", path), (":authority", "auth"), ("x-user", user.as_str())];
+                return match self.dispatch_http_call("auth", headers, None, vec![], Duration::from_secs(2)) {
+                    Ok(_) => Action::Pause,
+                    Err(_) => {
+                        self.send_http_response(500, vec![], Some(b"callout refused"));
+                        Action::Pause
+                    }
+                };
+            }
+            "grpc_callout" => {
+                let say = self.get_http_request_header("x-say").unwrap_or_default();
+                let message = encode_string_field(&say);
+                let call = self.dispatch_grpc_call(
+                    "grpc",
+                    "weft.test.Echo",
+                    "Say",
+                    vec![],
+                    Some(&message),
+                    Duration::from_secs(2),
+                );
+                if call.is_err() {
+                    self.send_http_response(500, vec![], Some(b"grpc callout refused"));
+                }
+                return Action::Pause;
+            }
+            "queue_resume" => {
+                let vm_id = text(self.get_property(vec!["plugin_name"]));
+                if let Ok(Some(queue)) = hostcalls::resolve_shared_queue(&vm_id, &self.queue_name) {
+                    if hostcalls::enqueue_shared_queue(queue, Some(&self.context_id.to_le_bytes())).is_ok() {
+                        return Action::Pause;
+                    }
+                }
+                self.send_http_response(500, vec![], Some(b"no queue"));
+                return Action::Pause;
+            }
             "bench16" => {
                 // Exactly 16 hostcalls, the header work of a typical small filter. It removes what it
                 // adds, so the request does not grow along a chain of these filters.
@@ -193,10 +311,52 @@ impl HttpContext for Filter {
         Action::Continue
     }
 
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode != "body" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if String::from_utf8_lossy(&body).contains("forbidden") {
+            self.send_http_response(403, vec![("x-refused-by", "body filter")], Some(b"body refused\n"));
+            return Action::Pause;
+        }
+        self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if self.mode == "headers" {
             let status = self.get_http_response_header(":status").unwrap_or_default();
             self.set_http_response_header("x-response-filtered", Some(&format!("saw {status}")));
+        }
+        if self.mode == "body" {
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode != "body" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let mut wrapped = b"[".to_vec();
+        wrapped.extend_from_slice(&body);
+        wrapped.push(b']');
+        self.set_http_response_body(0, body_size, &wrapped);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if self.mode == "body" {
+            let checksum = self.get_http_response_trailer("x-checksum").unwrap_or_default();
+            self.set_http_response_trailer("x-trailer-seen", Some(&checksum));
         }
         Action::Continue
     }

@@ -95,7 +95,9 @@ impl FilteredBody {
         self.owes_end = false;
         let (reply, why) = match stop {
             BodyStop::Respond(reply) => (reply, "a filter answered the request during its body"),
-            BodyStop::TooLarge => (LocalReply::BodyTooLarge.into_response(), "a filter held back more than max_buffered_body"),
+            BodyStop::TooLarge => {
+                (LocalReply::BodyTooLarge.into_response(), "a filter held back more than max_buffered_body")
+            }
         };
         match self.local_reply.take() {
             Some(to_client) => {

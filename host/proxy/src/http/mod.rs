@@ -8,8 +8,8 @@ mod headers;
 mod local_reply;
 
 pub use body::{BoxError, ProxyBody};
-pub use filtered::FilteredBody;
 pub use exchange::rfc3339;
+pub use filtered::FilteredBody;
 pub use local_reply::LocalReply;
 
 use crate::chain::{RequestDecisions, StreamInfo};

@@ -5,13 +5,13 @@
 mod wasi;
 
 use crate::abi::{self, status, BufferType, MapType};
+use crate::callout::{self, Callout};
 use crate::memory;
 use crate::shared::MetricOutcome;
 use crate::stream::EditError;
-use crate::callout::{self, Callout};
 use crate::vm::{HostState, LocalResponse, ParkOutcome};
-use weft_proxy::chain::DEFAULT_CALLOUT_TIMEOUT;
 use wasmtime::{Caller, Error, Linker, Result};
+use weft_proxy::chain::DEFAULT_CALLOUT_TIMEOUT;
 
 type Ctx<'a> = Caller<'a, HostState>;
 
@@ -391,7 +391,14 @@ fn define_shared_data_and_metrics(linker: &mut Linker<HostState>) -> Result<()> 
 }
 
 /// Registers a callout to be sent once the running callback returns; its token goes to the guest.
-fn queue_callout(caller: &mut Ctx, cluster: String, request: http::Request<bytes::Bytes>, timeout_ms: u32, grpc: bool, token_out: u32) -> Result<u32> {
+fn queue_callout(
+    caller: &mut Ctx,
+    cluster: String,
+    request: http::Request<bytes::Bytes>,
+    timeout_ms: u32,
+    grpc: bool,
+    token_out: u32,
+) -> Result<u32> {
     let timeout = match timeout_ms {
         0 => DEFAULT_CALLOUT_TIMEOUT,
         ms => std::time::Duration::from_millis(ms.into()),
@@ -435,7 +442,8 @@ fn define_callouts(linker: &mut Linker<HostState>) -> Result<()> {
             let cluster = memory::read_string(&caller, upstream, upstream_len)?;
             let header_bytes = memory::read(&caller, headers, headers_len)?;
             let body = memory::read(&caller, body, body_len)?;
-            let pairs = abi::decode_pairs(&header_bytes).ok_or_else(|| Error::msg("malformed header map in a callout"))?;
+            let pairs =
+                abi::decode_pairs(&header_bytes).ok_or_else(|| Error::msg("malformed header map in a callout"))?;
             if !known_cluster(&caller, &cluster) {
                 return Ok(status::BAD_ARGUMENT);
             }
