@@ -341,6 +341,17 @@ async fn an_http_callout_decides_the_request() {
     assert_eq!(auth.requests(), 2, "one callout per request");
     assert_eq!(web.requests(), 1, "the denied request never reached the upstream");
 
+    // The filter traps while handling the callout's answer: the paused request gets the failure
+    // policy (fail_closed by default), and the next request finds a fresh instance.
+    let crashed =
+        raw_exchange(weft.addr("public"), b"GET / HTTP/1.1\r\nHost: x\r\nx-user: crash\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(crashed.status, 503);
+    assert_eq!(crashed.header("x-weft-error").as_deref(), Some("filter failed"));
+    assert_eq!(get(weft.addr("public"), "/").await.status, 403, "bob-like users are still denied");
+    let allowed = curl_ok(&["-H", "x-user: alice", &weft.url("public", "/")]).await;
+    assert_eq!(seen(&allowed)["headers"]["x-auth-upstream"], "auth");
+
     // The auth service unreachable: the filter hears the callout failed.
     let weft = Weft::start(&filter_config("callout", "", &[("web", web.endpoint()), ("auth", dead)])).await;
     let unavailable =
@@ -378,4 +389,45 @@ async fn a_queue_wakes_the_root_which_resumes_paused_requests() {
     for body in futures_util::future::join_all(requests).await {
         assert_eq!(seen(&body)["headers"]["x-resumed-by"], "queue", "{body}");
     }
+}
+
+#[tokio::test]
+async fn a_network_filter_edits_and_closes_tcp_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = support::upstream::tcp_echo().await;
+    let config = filter_config("tcp", "", &[("echo", upstream.endpoint())])
+        .replace("    cluster: echo\n    filters: [test]", "    protocol: tcp\n    cluster: echo\n    filters: [test]");
+    let weft = Weft::start(&config).await;
+
+    let mut client = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    client.write_all(b"hello over tcp\n").await.unwrap();
+    let mut echoed = [0u8; 15];
+    client.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"HELLO OVER TCP\n", "the filter rewrote what the client sent");
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let metrics = weft.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weft_filter_counter_total{filter=\"test\",name=\"upstream_bytes\"}"),
+        Some(15.0),
+        "{metrics}"
+    );
+
+    // The filter closes a connection whose data it refuses; nothing reaches the upstream.
+    let mut blocked = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    blocked.write_all(b"blocked\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(support::PATIENCE, blocked.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(answer.is_empty(), "nothing echoed: {answer:?}");
+    let metrics = weft.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weft_filter_counter_total{filter=\"test\",name=\"upstream_bytes\"}"),
+        Some(15.0),
+        "the refused data never reached the upstream"
+    );
+    let weft_stderr = weft.stderr();
+    assert!(weft_stderr.contains("the client closed its side"), "close callbacks run:\n{weft_stderr}");
 }

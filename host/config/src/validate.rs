@@ -85,12 +85,6 @@ fn validate_listener(
         if listener.cluster.is_none() {
             errors.push(FieldError::new(format!("{at}.cluster"), "required when protocol is tcp: it is the upstream"));
         }
-        if !listener.filters.is_empty() {
-            errors.push(FieldError::new(
-                format!("{at}.filters"),
-                "network filters on tcp listeners are not supported yet",
-            ));
-        }
     }
     if let Some(cluster) = &listener.cluster {
         if !clusters.contains(cluster.as_str()) {

@@ -69,9 +69,11 @@ pub struct StreamInfo {
     pub started: SystemTime,
 }
 
-/// A filter as configured: it starts one [`FilterStream`] per request.
+/// A filter as configured: it starts one [`FilterStream`] per request on an HTTP listener, or
+/// one [`ConnectionFilter`] per connection on a tcp listener (a network filter).
 pub trait HttpFilter: Send + Sync {
     fn start(&self, info: &Arc<StreamInfo>) -> Box<dyn FilterStream>;
+    fn start_connection(&self, info: &Arc<StreamInfo>) -> Box<dyn ConnectionFilter>;
     /// What the admin `/filters` shows about the filter.
     fn status(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -87,6 +89,27 @@ pub trait FilterStream: Send {
     fn resume(&mut self, _message: Message<'_>, _resumed: Resumed) -> Verdict {
         Verdict::Continue
     }
+}
+
+/// What a network filter tells the proxy to do with a connection's data.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataVerdict {
+    /// Pass the (maybe edited) data on.
+    Continue,
+    /// Hold the data back and call again with it and what follows.
+    Buffer,
+    /// Close the connection, both sides.
+    Close,
+}
+
+/// One network filter's view of one TCP connection. Dropping it ends the connection for the
+/// filter. For a connection, [`Direction::Request`] is the client's data, [`Direction::Response`]
+/// the upstream's.
+pub trait ConnectionFilter: Send {
+    fn on_new_connection(&mut self) -> DataVerdict;
+    fn on_data(&mut self, direction: Direction, data: &mut BytesMut, end_of_stream: bool) -> DataVerdict;
+    /// The client (`Request`) or the upstream (`Response`) closed its side.
+    fn on_close(&mut self, direction: Direction);
 }
 
 /// What the proxy lends filters while they load: where metrics go and how they reach clusters.
@@ -130,6 +153,90 @@ impl FilterChain {
         let streams: Vec<_> = self.filters.iter().map(|f| f.start(&info)).collect();
         let held = [0, 1].map(|_| streams.iter().map(|_| BytesMut::new()).collect());
         ChainStreams { inner: Some(Arc::new(Mutex::new(Streams { streams, held }))) }
+    }
+}
+
+impl FilterChain {
+    /// Starts every filter as a network filter for one TCP connection.
+    pub fn start_connection(&self, info: impl FnOnce() -> StreamInfo) -> ConnectionChain {
+        if self.filters.is_empty() {
+            return ConnectionChain::default();
+        }
+        let info = Arc::new(info());
+        let filters: Vec<_> = self.filters.iter().map(|f| f.start_connection(&info)).collect();
+        let held = [0, 1].map(|_| filters.iter().map(|_| BytesMut::new()).collect());
+        ConnectionChain { filters, held }
+    }
+}
+
+/// The network filters of one TCP connection, in order for the client's data and in reverse
+/// for the upstream's.
+#[derive(Default)]
+pub struct ConnectionChain {
+    filters: Vec<Box<dyn ConnectionFilter>>,
+    /// Per direction, per filter: data the filter is holding back.
+    held: [Vec<BytesMut>; 2],
+}
+
+/// A network filter closed the connection.
+#[derive(Debug)]
+pub struct Closed;
+
+impl ConnectionChain {
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Every filter's `on_new_connection`; `Err` when one closes the connection.
+    pub fn on_new_connection(&mut self) -> Result<(), Closed> {
+        for filter in &mut self.filters {
+            if filter.on_new_connection() == DataVerdict::Close {
+                return Err(Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes data through the filters; returns what comes out the far end (maybe nothing yet).
+    /// A filter holding back more than `limit` bytes closes the connection.
+    pub fn on_data(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        end_of_stream: bool,
+        limit: usize,
+    ) -> Result<BytesMut, Closed> {
+        let side = direction as usize;
+        let mut passing = BytesMut::from(data);
+        let order: Vec<usize> = match direction {
+            Direction::Request => (0..self.filters.len()).collect(),
+            Direction::Response => (0..self.filters.len()).rev().collect(),
+        };
+        for index in order {
+            let held = &mut self.held[side][index];
+            if held.is_empty() {
+                *held = std::mem::take(&mut passing);
+            } else {
+                held.extend_from_slice(&passing);
+                passing.clear();
+            }
+            if held.len() > limit {
+                tracing::warn!("a network filter held back more than max_buffered_body; connection closed");
+                return Err(Closed);
+            }
+            match self.filters[index].on_data(direction, held, end_of_stream) {
+                DataVerdict::Close => return Err(Closed),
+                DataVerdict::Buffer if !end_of_stream => return Ok(passing),
+                _ => passing = std::mem::take(held),
+            }
+        }
+        Ok(passing)
+    }
+
+    pub fn on_close(&mut self, direction: Direction) {
+        for filter in &mut self.filters {
+            filter.on_close(direction);
+        }
     }
 }
 

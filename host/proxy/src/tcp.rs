@@ -1,12 +1,17 @@
-//! The L4 path: a client connection spliced to an endpoint of the listener's cluster.
+//! The L4 path: a client connection spliced to an endpoint of the listener's cluster, through
+//! the listener's network filters when it has any.
 
+use crate::chain::{ConnectionChain, Direction, StreamInfo};
 use crate::listener::Downstream;
 use crate::metrics::ListenerLabels;
 use crate::snapshot::ListenerState;
 use crate::Shared;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How much is read from either side at a time when filters look at the data.
+const CHUNK: usize = 16 * 1024;
 
 pub async fn serve<IO>(mut downstream: IO, conn: Downstream, listener: Arc<ListenerState>, shared: Arc<Shared>)
 where
@@ -20,14 +25,30 @@ where
     let Some(connector) = &endpoint.connector else {
         return;
     };
+    let mut filters = listener.chain.start_connection(|| StreamInfo {
+        listener: listener.name.clone(),
+        connection_id: conn.id,
+        source: conn.peer,
+        destination: conn.local,
+        tls: conn.tls.clone(),
+        started: started.1,
+    });
+    if filters.on_new_connection().is_err() {
+        return;
+    }
+    let limit = listener.config.limits.max_buffered_body.bytes() as usize;
     let (received, sent, outcome) = match connector.connect().await {
-        Ok(mut upstream) => match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-            Ok((received, sent)) => (received, sent, "closed"),
-            Err(error) => {
+        Ok(mut upstream) => {
+            let spliced = if filters.is_empty() {
+                tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await.map(|(r, s)| (r, s, "closed"))
+            } else {
+                splice_filtered(&mut downstream, &mut upstream, &mut filters, limit).await
+            };
+            spliced.unwrap_or_else(|error| {
                 tracing::debug!(listener = %listener.name, %error, "tcp connection ended with an error");
                 (0, 0, "reset")
-            }
-        },
+            })
+        }
         Err(error) => {
             tracing::debug!(listener = %listener.name, endpoint = %endpoint.address, %error, "tcp upstream connect failed");
             (0, 0, "upstream connect failure")
@@ -53,4 +74,54 @@ where
         use std::io::Write;
         let _ = writeln!(std::io::stdout().lock(), "{line}");
     }
+}
+
+/// Moves bytes both ways through the network filters until both sides have closed (or a filter
+/// closes the connection). Returns the bytes read from the client and from the upstream.
+async fn splice_filtered<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    filters: &mut ConnectionChain,
+    limit: usize,
+) -> std::io::Result<(u64, u64, &'static str)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_client, mut to_client) = tokio::io::split(downstream);
+    let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
+    let (mut client_chunk, mut upstream_chunk) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let (mut client_open, mut upstream_open) = (true, true);
+    let (mut received, mut sent) = (0u64, 0u64);
+    while client_open || upstream_open {
+        tokio::select! {
+            read = from_client.read(&mut client_chunk), if client_open => {
+                let n = read?;
+                received += n as u64;
+                let Ok(data) = filters.on_data(Direction::Request, &client_chunk[..n], n == 0, limit) else {
+                    return Ok((received, sent, "closed by filter"));
+                };
+                to_upstream.write_all(&data).await?;
+                if n == 0 {
+                    client_open = false;
+                    filters.on_close(Direction::Request);
+                    to_upstream.shutdown().await?;
+                }
+            }
+            read = from_upstream.read(&mut upstream_chunk), if upstream_open => {
+                let n = read?;
+                sent += n as u64;
+                let Ok(data) = filters.on_data(Direction::Response, &upstream_chunk[..n], n == 0, limit) else {
+                    return Ok((received, sent, "closed by filter"));
+                };
+                to_client.write_all(&data).await?;
+                if n == 0 {
+                    upstream_open = false;
+                    filters.on_close(Direction::Response);
+                    to_client.shutdown().await?;
+                }
+            }
+        }
+    }
+    Ok((received, sent, "closed"))
 }

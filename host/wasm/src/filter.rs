@@ -10,13 +10,16 @@ use crate::queues::{FilterEvent, QueueOwner};
 use crate::stream::StreamState;
 use crate::vm::{LocalResponse, ParkOutcome, Phase, Resumption, Vm, VmError};
 use crate::PluginInfo;
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use weft_config::FailurePolicy;
-use weft_proxy::chain::{FilterStream, HttpFilter, Message, Resumed, StreamInfo, Verdict};
+use weft_proxy::chain::{
+    ConnectionFilter, DataVerdict, Direction, FilterStream, HttpFilter, Message, Resumed, StreamInfo, Verdict,
+};
 use weft_proxy::http::{LocalReply, ProxyBody};
 use weft_proxy::metrics::{FilterFailureLabels, Metrics, Name};
 
@@ -98,6 +101,12 @@ impl HttpFilter for WasmFilter {
         })
     }
 
+    fn start_connection(&self, info: &Arc<StreamInfo>) -> Box<dyn ConnectionFilter> {
+        let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
+        let state = Some(StreamState::new(info.clone()));
+        Box::new(WasmConnection { shared: self.shared.clone(), slot, context: None, state })
+    }
+
     fn status(&self) -> serde_json::Value {
         let shared = &self.shared;
         let memory: Vec<Option<usize>> =
@@ -158,23 +167,68 @@ impl Shared {
         slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Discards a failed instance, replaces it at once (so the next request finds a fresh one),
-    /// and answers for the request per the failure policy. Only an instance that cannot even be
-    /// made again waits out a growing backoff.
-    fn failed(&self, slot: &mut Slot, error: &VmError) -> Verdict {
+    /// Discards a failed instance and replaces it at once (so the next request finds a fresh
+    /// one); the caller answers for its request per the failure policy. Only an instance that
+    /// cannot even be made again waits out a growing backoff.
+    fn failed(&self, slot: &mut Slot, error: &VmError) {
         self.count_failure(if matches!(error, VmError::Deadline(_)) { "deadline" } else { "trap" });
         tracing::error!(filter = %self.plugin.name, %error, policy = ?self.policy, "filter failed; its instance is replaced");
         slot.vm = None;
         slot.generation += 1;
         slot.retry_at = None;
         let _ = self.ready(slot);
-        self.policy_verdict()
     }
 
     fn policy_verdict(&self) -> Verdict {
         match self.policy {
             FailurePolicy::FailClosed => Verdict::Respond(LocalReply::FilterFailed.into_response()),
             FailurePolicy::FailOpen => Verdict::Continue,
+        }
+    }
+
+    /// The failure policy for a connection: fail_closed closes it, fail_open lets data pass.
+    fn policy_data(&self) -> DataVerdict {
+        match self.policy {
+            FailurePolicy::FailClosed => DataVerdict::Close,
+            FailurePolicy::FailOpen => DataVerdict::Continue,
+        }
+    }
+
+    /// Locks the instance a context lives in, making the context on first use. `None` when the
+    /// instance cannot serve it now (it failed and is not back yet, or the context was in an
+    /// instance since replaced).
+    fn enter(&self, index: usize, context: &mut Option<(u64, u32)>) -> Option<(MutexGuard<'_, Slot>, u32)> {
+        let mut slot = self.lock(index);
+        let generation = slot.generation;
+        let vm = self.ready(&mut slot)?;
+        let id = match *context {
+            Some((g, id)) if g == generation => id,
+            Some(_) => return None,
+            None => match vm.create_context() {
+                Ok(id) => {
+                    *context = Some((generation, id));
+                    id
+                }
+                Err(error) => {
+                    self.failed(&mut slot, &error);
+                    return None;
+                }
+            },
+        };
+        Some((slot, id))
+    }
+
+    /// Ends a context: its log and clean-up callbacks, unless its instance is gone.
+    fn finish(&self, index: usize, context: Option<(u64, u32)>, state: Option<StreamState>) {
+        let Some((generation, context)) = context else { return };
+        let mut slot = self.lock(index);
+        if slot.generation != generation {
+            return;
+        }
+        if let Some(vm) = slot.vm.as_mut() {
+            if let Err(error) = vm.finish_context(context, state) {
+                self.failed(&mut slot, &error);
+            }
         }
     }
 }
@@ -231,7 +285,7 @@ impl Shared {
             match vm.tick() {
                 Ok(()) => dispatch(self, index, generation, vm),
                 Err(error) => {
-                    let _ = self.failed(&mut slot, &error);
+                    self.failed(&mut slot, &error);
                 }
             }
         }
@@ -250,7 +304,7 @@ impl Shared {
         match vm.queue_ready(queue) {
             Ok(()) => dispatch(self, index, generation, vm),
             Err(error) => {
-                let _ = self.failed(&mut slot, &error);
+                self.failed(&mut slot, &error);
             }
         }
     }
@@ -288,7 +342,7 @@ fn dispatch(shared: &Arc<Shared>, index: usize, generation: u64, vm: &mut Vm) {
             match delivered {
                 Ok(()) => dispatch(&shared, index, generation, vm),
                 Err(error) => {
-                    let _ = shared.failed(&mut slot, &error);
+                    shared.failed(&mut slot, &error);
                 }
             }
         });
@@ -389,21 +443,11 @@ impl FilterStream for WasmStream {
     fn on(&mut self, mut message: Message<'_>, end_of_stream: bool) -> Verdict {
         let phase = phase_of(&message);
         let shared = self.shared.clone();
-        let mut slot = shared.lock(self.slot);
-        let generation = slot.generation;
-        let Some(vm) = shared.ready(&mut slot) else { return shared.policy_verdict() };
-        let context = match self.context {
-            Some((g, id)) if g == generation => id,
-            // The instance this request started in was replaced: its context is gone.
-            Some(_) => return shared.policy_verdict(),
-            None => match vm.create_context() {
-                Ok(id) => {
-                    self.context = Some((generation, id));
-                    id
-                }
-                Err(error) => return shared.failed(&mut slot, &error),
-            },
+        let Some((mut slot, context)) = shared.enter(self.slot, &mut self.context) else {
+            return shared.policy_verdict();
         };
+        let generation = slot.generation;
+        let Some(vm) = slot.vm.as_mut() else { return shared.policy_verdict() };
         let Some(mut state) = self.state.take() else { return shared.policy_verdict() };
         let size = install(&mut state, &mut message);
         shared.calls.fetch_add(1, Ordering::Relaxed);
@@ -414,7 +458,8 @@ impl FilterStream for WasmStream {
                 take_back(&mut state, &mut message);
                 self.state = Some(state);
                 self.context = None;
-                return shared.failed(&mut slot, &error);
+                shared.failed(&mut slot, &error);
+                return shared.policy_verdict();
             }
         };
         dispatch(&shared, self.slot, generation, vm);
@@ -458,17 +503,83 @@ impl FilterStream for WasmStream {
 
 impl Drop for WasmStream {
     fn drop(&mut self) {
-        let Some((generation, context)) = self.context else { return };
+        self.shared.finish(self.slot, self.context, self.state.take());
+    }
+}
+
+/// One TCP connection inside one instance (a network filter).
+struct WasmConnection {
+    shared: Arc<Shared>,
+    slot: usize,
+    context: Option<(u64, u32)>,
+    state: Option<StreamState>,
+}
+
+impl WasmConnection {
+    /// Runs a connection callback, with `data` (the client's or the upstream's) readable and
+    /// editable by the filter.
+    fn run(&mut self, phase: Phase, mut data: Option<&mut BytesMut>, end_of_stream: bool) -> DataVerdict {
         let shared = self.shared.clone();
-        let mut slot = shared.lock(self.slot);
-        if slot.generation != generation {
-            return;
-        }
-        if let Some(vm) = slot.vm.as_mut() {
-            if let Err(error) = vm.finish_context(context, self.state.take()) {
-                let _ = shared.failed(&mut slot, &error);
+        let Some((mut slot, context)) = shared.enter(self.slot, &mut self.context) else {
+            return shared.policy_data();
+        };
+        let generation = slot.generation;
+        let Some(vm) = slot.vm.as_mut() else { return shared.policy_data() };
+        let Some(mut state) = self.state.take() else { return shared.policy_data() };
+        fn field(state: &mut StreamState, phase: Phase) -> &mut Option<BytesMut> {
+            if phase == Phase::UpstreamData {
+                &mut state.upstream_data
+            } else {
+                &mut state.downstream_data
             }
         }
+        let size = data.as_ref().map_or(0, |d| d.len() as u32);
+        if let Some(data) = data.as_mut() {
+            *field(&mut state, phase) = Some(std::mem::take(*data));
+        }
+        shared.calls.fetch_add(1, Ordering::Relaxed);
+        let (mut state, result) = vm.run_phase(phase, context, size, end_of_stream, state);
+        if let Some(data) = data {
+            *data = field(&mut state, phase).take().unwrap_or_default();
+        }
+        self.state = Some(state);
+        match result {
+            Err(error) => {
+                self.context = None;
+                shared.failed(&mut slot, &error);
+                shared.policy_data()
+            }
+            Ok(outcome) => {
+                dispatch(&shared, self.slot, generation, vm);
+                match (outcome.closed, outcome.pause) {
+                    (true, _) => DataVerdict::Close,
+                    (false, true) => DataVerdict::Buffer,
+                    (false, false) => DataVerdict::Continue,
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionFilter for WasmConnection {
+    fn on_new_connection(&mut self) -> DataVerdict {
+        self.run(Phase::NewConnection, None, false)
+    }
+
+    fn on_data(&mut self, direction: Direction, data: &mut BytesMut, end_of_stream: bool) -> DataVerdict {
+        let phase = if direction == Direction::Request { Phase::DownstreamData } else { Phase::UpstreamData };
+        self.run(phase, Some(data), end_of_stream)
+    }
+
+    fn on_close(&mut self, direction: Direction) {
+        let phase = if direction == Direction::Request { Phase::DownstreamClose } else { Phase::UpstreamClose };
+        self.run(phase, None, true);
+    }
+}
+
+impl Drop for WasmConnection {
+    fn drop(&mut self) {
+        self.shared.finish(self.slot, self.context, self.state.take());
     }
 }
 

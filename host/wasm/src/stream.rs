@@ -2,7 +2,7 @@
 //! pseudo-headers `:method`, `:path`, `:authority`, `:scheme`, `:status`), the body and trailers
 //! of the phase that runs, and its properties.
 
-use crate::abi::MapType;
+use crate::abi::{BufferType, MapType};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use weft_proxy::chain::StreamInfo;
@@ -16,6 +16,9 @@ pub struct StreamState {
     pub response_body: Option<bytes::BytesMut>,
     pub request_trailers: Option<HeaderMap>,
     pub response_trailers: Option<HeaderMap>,
+    /// A connection's data in a network filter's data callback, from the client or the upstream.
+    pub downstream_data: Option<bytes::BytesMut>,
+    pub upstream_data: Option<bytes::BytesMut>,
     /// The writable `weft.upstream_cluster` property.
     pub upstream_cluster: Option<String>,
     /// Properties a filter set that weft does not interpret, readable back by the filters.
@@ -39,6 +42,8 @@ impl StreamState {
             response_body: None,
             request_trailers: None,
             response_trailers: None,
+            downstream_data: None,
+            upstream_data: None,
             upstream_cluster: None,
             custom: Vec::new(),
         }
@@ -172,26 +177,37 @@ impl StreamState {
         Ok(())
     }
 
-    /// The body of the phase that runs, when `response` says which one.
-    pub fn body(&self, response: bool) -> Option<&bytes::BytesMut> {
-        if response {
-            self.response_body.as_ref()
-        } else {
-            self.request_body.as_ref()
+    fn data_mut(&mut self, buffer: BufferType) -> Option<&mut bytes::BytesMut> {
+        match buffer {
+            BufferType::RequestBody => self.request_body.as_mut(),
+            BufferType::ResponseBody => self.response_body.as_mut(),
+            BufferType::DownstreamData => self.downstream_data.as_mut(),
+            BufferType::UpstreamData => self.upstream_data.as_mut(),
+            _ => None,
         }
     }
 
-    /// Replaces `length` bytes at `start` with `data` (clamped to the body: `start` past the end
+    /// The body or connection data of the callback that runs, if `buffer` is the one it is about.
+    pub fn data(&self, buffer: BufferType) -> Option<&bytes::BytesMut> {
+        match buffer {
+            BufferType::RequestBody => self.request_body.as_ref(),
+            BufferType::ResponseBody => self.response_body.as_ref(),
+            BufferType::DownstreamData => self.downstream_data.as_ref(),
+            BufferType::UpstreamData => self.upstream_data.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Replaces `length` bytes at `start` with `bytes` (clamped to the data: `start` past the end
     /// appends, a `length` past the end replaces the rest), as Envoy does.
-    pub fn splice_body(&mut self, response: bool, start: usize, length: usize, data: &[u8]) -> bool {
-        let body = if response { self.response_body.as_mut() } else { self.request_body.as_mut() };
-        let Some(body) = body else { return false };
-        let start = start.min(body.len());
-        let end = start.saturating_add(length).min(body.len());
-        let tail = body.split_off(end);
-        body.truncate(start);
-        body.extend_from_slice(data);
-        body.extend_from_slice(&tail);
+    pub fn splice(&mut self, buffer: BufferType, start: usize, length: usize, bytes: &[u8]) -> bool {
+        let Some(data) = self.data_mut(buffer) else { return false };
+        let start = start.min(data.len());
+        let end = start.saturating_add(length).min(data.len());
+        let tail = data.split_off(end);
+        data.truncate(start);
+        data.extend_from_slice(bytes);
+        data.extend_from_slice(&tail);
         true
     }
 
@@ -323,14 +339,16 @@ mod tests {
     #[test]
     fn body_edits_replace_prepend_and_append() {
         let mut state = state();
-        assert!(!state.splice_body(false, 0, 0, b"x"), "no body in this phase");
+        let body = BufferType::RequestBody;
+        assert!(!state.splice(body, 0, 0, b"x"), "no body in this phase");
         state.request_body = Some(bytes::BytesMut::from(&b"hello world"[..]));
-        assert!(state.splice_body(false, 0, 5, b"HELLO"));
-        assert!(state.splice_body(false, 0, 0, b">"));
-        assert!(state.splice_body(false, 100, 0, b"<"));
-        assert_eq!(&state.body(false).unwrap()[..], b">HELLO world<");
-        assert!(state.splice_body(false, 0, usize::MAX, b"all new"));
-        assert_eq!(&state.body(false).unwrap()[..], b"all new");
+        assert!(state.splice(body, 0, 5, b"HELLO"));
+        assert!(state.splice(body, 0, 0, b">"));
+        assert!(state.splice(body, 100, 0, b"<"));
+        assert_eq!(&state.data(body).unwrap()[..], b">HELLO world<");
+        assert!(state.splice(body, 0, usize::MAX, b"all new"));
+        assert_eq!(&state.data(body).unwrap()[..], b"all new");
+        assert!(state.data(BufferType::ResponseBody).is_none(), "the other direction's body is not there");
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub enum VmError {
     Instantiate(String),
 }
 
-/// The HTTP phases a stream context has callbacks for.
+/// The callbacks of a request (HTTP) or connection (network filter) context.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
     RequestHeaders,
@@ -144,6 +144,11 @@ pub enum Phase {
     ResponseHeaders,
     ResponseBody,
     ResponseTrailers,
+    NewConnection,
+    DownstreamData,
+    UpstreamData,
+    DownstreamClose,
+    UpstreamClose,
 }
 
 impl Phase {
@@ -161,6 +166,9 @@ pub struct PhaseOutcome {
 
 type Callback3 = Option<TypedFunc<(u32, u32, u32), u32>>;
 type Callback2 = Option<TypedFunc<(u32, u32), u32>>;
+type Callback1 = Option<TypedFunc<u32, u32>>;
+/// A callback that only informs the guest: (context, peer type).
+type Notice = Option<TypedFunc<(u32, u32), ()>>;
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
 type CallResponse = Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>;
 
@@ -172,6 +180,11 @@ struct Exports {
     on_response_headers: Callback3,
     on_response_body: Callback3,
     on_response_trailers: Callback2,
+    on_new_connection: Callback1,
+    on_downstream_data: Callback3,
+    on_upstream_data: Callback3,
+    on_downstream_close: Notice,
+    on_upstream_close: Notice,
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
@@ -247,6 +260,11 @@ impl Vm {
             on_response_headers: typed(&instance, &mut store, "proxy_on_response_headers"),
             on_response_body: typed(&instance, &mut store, "proxy_on_response_body"),
             on_response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers"),
+            on_new_connection: typed(&instance, &mut store, "proxy_on_new_connection"),
+            on_downstream_data: typed(&instance, &mut store, "proxy_on_downstream_data"),
+            on_upstream_data: typed(&instance, &mut store, "proxy_on_upstream_data"),
+            on_downstream_close: typed(&instance, &mut store, "proxy_on_downstream_connection_close"),
+            on_upstream_close: typed(&instance, &mut store, "proxy_on_upstream_connection_close"),
             on_log: typed(&instance, &mut store, "proxy_on_log"),
             on_done: typed(&instance, &mut store, "proxy_on_done"),
             on_delete: typed(&instance, &mut store, "proxy_on_delete"),
@@ -349,7 +367,7 @@ impl Vm {
     }
 
     /// Runs a phase callback with `state` reachable by hostcalls; returns the state back and
-    /// what the filter decided. `arg`: the header count or the body size.
+    /// what the filter decided. `arg`: the header count or the data size.
     pub fn run_phase(
         &mut self,
         phase: Phase,
@@ -358,23 +376,43 @@ impl Vm {
         end_of_stream: bool,
         state: StreamState,
     ) -> (StreamState, Result<PhaseOutcome, VmError>) {
-        let exports = &self.exports;
-        let (three, two) = match phase {
-            Phase::RequestHeaders => (exports.on_request_headers.clone(), None),
-            Phase::RequestBody => (exports.on_request_body.clone(), None),
-            Phase::RequestTrailers => (None, exports.on_request_trailers.clone()),
-            Phase::ResponseHeaders => (exports.on_response_headers.clone(), None),
-            Phase::ResponseBody => (exports.on_response_body.clone(), None),
-            Phase::ResponseTrailers => (None, exports.on_response_trailers.clone()),
+        /// A peer type for the close callbacks: the remote side closed.
+        const REMOTE: u32 = 2;
+        let e = &self.exports;
+        let with_size = match phase {
+            Phase::RequestHeaders => e.on_request_headers.clone(),
+            Phase::RequestBody => e.on_request_body.clone(),
+            Phase::ResponseHeaders => e.on_response_headers.clone(),
+            Phase::ResponseBody => e.on_response_body.clone(),
+            Phase::DownstreamData => e.on_downstream_data.clone(),
+            Phase::UpstreamData => e.on_upstream_data.clone(),
+            _ => None,
         };
+        let trailers = match phase {
+            Phase::RequestTrailers => e.on_request_trailers.clone(),
+            Phase::ResponseTrailers => e.on_response_trailers.clone(),
+            _ => None,
+        };
+        let notice = match phase {
+            Phase::DownstreamClose => e.on_downstream_close.clone(),
+            Phase::UpstreamClose => e.on_upstream_close.clone(),
+            _ => None,
+        };
+        let new_connection = e.on_new_connection.clone().filter(|_| phase == Phase::NewConnection);
         self.enter(context, context);
         let data = self.store.data_mut();
         data.stream = Some(state);
         (data.continued, data.closed) = (false, false);
-        let result = match (three, two) {
-            (Some(callback), _) => self.call(|store| callback.call(store, (context, arg, end_of_stream.into()))),
-            (None, Some(callback)) => self.call(|store| callback.call(store, (context, arg))),
-            (None, None) => Ok(crate::abi::ACTION_CONTINUE),
+        let result = if let Some(callback) = with_size {
+            self.call(|store| callback.call(store, (context, arg, end_of_stream.into())))
+        } else if let Some(callback) = trailers {
+            self.call(|store| callback.call(store, (context, arg)))
+        } else if let Some(callback) = new_connection {
+            self.call(|store| callback.call(store, context))
+        } else if let Some(callback) = notice {
+            self.call(|store| callback.call(store, (context, REMOTE))).map(|()| crate::abi::ACTION_CONTINUE)
+        } else {
+            Ok(crate::abi::ACTION_CONTINUE)
         };
         let data = self.store.data_mut();
         let state = data.stream.take().unwrap_or_else(|| unreachable!("the stream state was put in above"));

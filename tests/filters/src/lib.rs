@@ -17,13 +17,15 @@
 //!   the reply on as a header; a gRPC error answers 502
 //! - `queue_resume`: each request pauses and queues its context id on its instance's queue; the
 //!   root, told by `on_queue_ready`, switches to that context, marks the request and resumes it
+//! - `tcp` (a network filter, for tcp listeners): uppercases what the client sends, closes the
+//!   connection when it says "blocked", counts the upstream's bytes in a metric
 //! - `bench16`: exactly 16 hostcalls of header work per request (6 header reads, 4 sets, 2 adds,
 //!   2 removals, one property, one read of the whole map), for the benchmark's filter-cost test
 //! Any other mode is a no-op filter: its callbacks return Continue and make no hostcalls.
 //! `{"refuse": true}` makes `on_configure` say no.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel, MapType, MetricType};
 use serde::Deserialize;
 use std::time::Duration;
@@ -97,8 +99,40 @@ impl RootContext for Root {
         Some(Box::new(Filter { mode: self.config.mode.clone(), context_id, queue_name: self.queue_name.clone() }))
     }
 
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(Connection))
+    }
+
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Some(if self.config.mode == "tcp" { ContextType::StreamContext } else { ContextType::HttpContext })
+    }
+}
+
+/// The `tcp` mode's network filter.
+struct Connection;
+
+impl Context for Connection {}
+
+impl StreamContext for Connection {
+    fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        let data = self.get_downstream_data(0, data_size).unwrap_or_default();
+        if String::from_utf8_lossy(&data).contains("blocked") {
+            self.close_downstream();
+            return Action::Continue;
+        }
+        self.set_downstream_data(0, data_size, &data.to_ascii_uppercase());
+        Action::Continue
+    }
+
+    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        if let Ok(id) = hostcalls::define_metric(MetricType::Counter, "upstream_bytes") {
+            hostcalls::increment_metric(id, data_size as i64).ok();
+        }
+        Action::Continue
+    }
+
+    fn on_downstream_close(&mut self, _peer_type: proxy_wasm::types::PeerType) {
+        hostcalls::log(LogLevel::Info, "the client closed its side").ok();
     }
 }
 
@@ -114,6 +148,9 @@ impl Context for Filter {
             self.send_http_response(503, vec![], Some(b"auth unavailable"));
             return;
         };
+        if self.get_http_request_header("x-user").as_deref() == Some("crash") {
+            panic!("crashing while reading a callout's answer");
+        }
         if status == "200" {
             let upstream = self.get_http_call_response_header("x-upstream").unwrap_or_default();
             let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();

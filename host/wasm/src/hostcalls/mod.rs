@@ -185,13 +185,15 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
             let bytes = match BufferType::from_abi(buffer) {
                 Some(BufferType::PluginConfiguration) => caller.data().plugin.configuration.clone(),
                 Some(BufferType::VmConfiguration) => Vec::new(),
-                Some(kind @ (BufferType::RequestBody | BufferType::ResponseBody)) => {
-                    let response = kind == BufferType::ResponseBody;
-                    match caller.data().stream().and_then(|s| s.body(response)) {
-                        Some(body) => window(body, start, max).to_vec(),
-                        None => return Ok(status::NOT_FOUND),
-                    }
-                }
+                Some(
+                    kind @ (BufferType::RequestBody
+                    | BufferType::ResponseBody
+                    | BufferType::DownstreamData
+                    | BufferType::UpstreamData),
+                ) => match caller.data().stream().and_then(|s| s.data(kind)) {
+                    Some(data) => window(data, start, max).to_vec(),
+                    None => return Ok(status::NOT_FOUND),
+                },
                 Some(BufferType::HttpCallResponseBody) => match &caller.data().callout_reply {
                     Some(reply) => window(&reply.body, start, max).to_vec(),
                     None => return Ok(status::NOT_FOUND),
@@ -211,12 +213,15 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
             let size = match BufferType::from_abi(buffer) {
                 Some(BufferType::PluginConfiguration) => data.plugin.configuration.len(),
                 Some(BufferType::VmConfiguration) => 0,
-                Some(kind @ (BufferType::RequestBody | BufferType::ResponseBody)) => {
-                    match data.stream().and_then(|s| s.body(kind == BufferType::ResponseBody)) {
-                        Some(body) => body.len(),
-                        None => return Ok(status::NOT_FOUND),
-                    }
-                }
+                Some(
+                    kind @ (BufferType::RequestBody
+                    | BufferType::ResponseBody
+                    | BufferType::DownstreamData
+                    | BufferType::UpstreamData),
+                ) => match data.stream().and_then(|s| s.data(kind)) {
+                    Some(body) => body.len(),
+                    None => return Ok(status::NOT_FOUND),
+                },
                 Some(BufferType::HttpCallResponseBody) => match &data.callout_reply {
                     Some(reply) => reply.body.len(),
                     None => return Ok(status::NOT_FOUND),
@@ -233,14 +238,10 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut caller: Ctx, buffer: u32, start: u32, length: u32, ptr: u32, size: u32| -> Result<u32> {
-            let response = match BufferType::from_abi(buffer) {
-                Some(BufferType::RequestBody) => false,
-                Some(BufferType::ResponseBody) => true,
-                _ => return Ok(status::NOT_FOUND),
-            };
+            let Some(kind) = BufferType::from_abi(buffer) else { return Ok(status::NOT_FOUND) };
             let bytes = memory::read(&caller, ptr, size)?;
             let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
-            Ok(if stream.splice_body(response, start as usize, length as usize, &bytes) {
+            Ok(if stream.splice(kind, start as usize, length as usize, &bytes) {
                 status::OK
             } else {
                 status::NOT_FOUND
