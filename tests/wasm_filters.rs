@@ -431,3 +431,54 @@ async fn a_network_filter_edits_and_closes_tcp_connections() {
     let weft_stderr = weft.stderr();
     assert!(weft_stderr.contains("the client closed its side"), "close callbacks run:\n{weft_stderr}");
 }
+
+/// A module whose allocator is broken: it answers addresses outside its memory (or null). Any
+/// hostcall that hands the guest data (here, reading `x-bad`) meets it. Requests without
+/// `x-bad` get a header added and pass.
+fn bad_allocator_module(address: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "x-bad")
+          (data (i32.const 32) "x-ran")
+          (data (i32.const 48) "yes")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const {address}))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (drop (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 68)))
+            (drop (call $add (i32.const 0) (i32.const 32) (i32.const 5) (i32.const 48) (i32.const 3)))
+            (i32.const 0)))"#
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_filter_with_a_broken_allocator_is_contained() {
+    let web = echo("web").await;
+    let dir = TempDir::new("bad-allocator");
+    for (address, why) in [("0x7ffffff0", "outside its memory"), ("0", "returned null")] {
+        let module = dir.join(&format!("bad-{address}.wasm"));
+        std::fs::write(&module, bad_allocator_module(address)).unwrap();
+        for (policy, expected) in [("fail_closed", 503), ("fail_open", 200)] {
+            let config = filter_config("unused", &format!("    failure_policy: {policy}"), &[("web", web.endpoint())])
+                .replace(&test_filters().display().to_string(), &module.display().to_string());
+            let weft = Weft::start(&config).await;
+            let bad = raw_exchange(
+                weft.addr("public"),
+                b"GET / HTTP/1.1\r\nHost: x\r\nx-bad: 1\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert_eq!(bad.status, expected, "{address} {policy}: {bad:?}");
+            for _ in 0..3 {
+                let good = get(weft.addr("public"), "/").await;
+                assert_eq!(good.status, 200, "{address} {policy}: other requests succeed");
+                assert_eq!(seen(&good.body)["headers"]["x-ran"], "yes", "and the filter ran on them");
+            }
+            let stderr = weft.stderr();
+            assert!(stderr.contains(why), "the log says why ({why}):\n{stderr}");
+        }
+    }
+}
