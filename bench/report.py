@@ -339,7 +339,7 @@ def markdown_filters(s, f):
     if calls:
         lines.append("")
         lines.append(f"Check: filter callbacks per request and filter, from the admin `/filters`: "
-                     f"{min(calls):.2f}–{max(calls):.2f} (2 expected: request and response headers); "
+                     f"{min(calls):.2f}–{max(calls):.2f} (3 expected: request headers, response headers, and the response body in one piece); "
                      f"filter failures: {failures}. The 0 row is one run shared by every kind; errors count "
                      f"non-2xx answers, socket errors, filter failures and failed runs.")
     return lines

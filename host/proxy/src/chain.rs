@@ -208,11 +208,7 @@ impl ConnectionChain {
     ) -> Result<BytesMut, Closed> {
         let side = direction as usize;
         let mut passing = BytesMut::from(data);
-        let order: Vec<usize> = match direction {
-            Direction::Request => (0..self.filters.len()).collect(),
-            Direction::Response => (0..self.filters.len()).rev().collect(),
-        };
-        for index in order {
+        for index in order(self.filters.len(), direction) {
             let held = &mut self.held[side][index];
             if held.is_empty() {
                 *held = std::mem::take(&mut passing);
@@ -416,16 +412,100 @@ impl ChainStreams {
         None
     }
 
-    fn order(&self, direction: Direction) -> Vec<usize> {
-        let count = self.len();
-        match direction {
-            Direction::Request => (0..count).collect(),
-            Direction::Response => (0..count).rev().collect(),
-        }
+    fn order(&self, direction: Direction) -> impl Iterator<Item = usize> {
+        order(self.len(), direction)
     }
+}
+
+/// The indices of `count` filters in the order data travelling in `direction` meets them.
+fn order(count: usize, direction: Direction) -> impl Iterator<Item = usize> {
+    (0..count).map(move |i| if direction == Direction::Request { i } else { count - 1 - i })
 }
 
 type PhaseFn<'a> = dyn FnMut(&mut Streams, Option<Resumed>) -> Verdict + Send + 'a;
 
 /// How long a callout may take when its filter names no timeout.
 pub const DEFAULT_CALLOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends its tag to every piece of data; `hold` makes it hold data back until the end.
+    struct Tagger {
+        tag: &'static str,
+        hold: bool,
+    }
+
+    impl Tagger {
+        fn verdict(&self, data: &mut BytesMut, end_of_stream: bool) -> (bool, bool) {
+            if self.hold && !end_of_stream {
+                return (false, true);
+            }
+            data.extend_from_slice(self.tag.as_bytes());
+            (true, false)
+        }
+    }
+
+    impl FilterStream for Tagger {
+        fn on(&mut self, message: Message<'_>, end_of_stream: bool) -> Verdict {
+            match message {
+                Message::RequestBody(data) | Message::ResponseBody(data) => match self.verdict(data, end_of_stream) {
+                    (_, true) => Verdict::Buffer,
+                    _ => Verdict::Continue,
+                },
+                _ => Verdict::Continue,
+            }
+        }
+    }
+
+    impl ConnectionFilter for Tagger {
+        fn on_new_connection(&mut self) -> DataVerdict {
+            DataVerdict::Continue
+        }
+        fn on_data(&mut self, _direction: Direction, data: &mut BytesMut, end_of_stream: bool) -> DataVerdict {
+            match self.verdict(data, end_of_stream) {
+                (_, true) => DataVerdict::Buffer,
+                _ => DataVerdict::Continue,
+            }
+        }
+        fn on_close(&mut self, _direction: Direction) {}
+    }
+
+    fn streams(filters: Vec<Tagger>) -> ChainStreams {
+        let streams: Vec<Box<dyn FilterStream>> = filters.into_iter().map(|f| Box::new(f) as _).collect();
+        let held = [0, 1].map(|_| streams.iter().map(|_| BytesMut::new()).collect());
+        ChainStreams { inner: Some(Arc::new(Mutex::new(Streams { streams, held }))) }
+    }
+
+    fn run<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+    }
+
+    #[test]
+    fn bodies_pass_filters_in_order_and_held_data_waits_for_the_end() {
+        let chain = streams(vec![Tagger { tag: "<a", hold: false }, Tagger { tag: "<b", hold: true }]);
+        let body = |data: &'static str, end: bool, direction: Direction| {
+            let chain = chain.clone();
+            run(async move { chain.body(direction, Bytes::from(data), end, 1024).await.ok().unwrap() })
+        };
+        assert_eq!(body("1", false, Direction::Request), "", "b holds back what a let through");
+        assert_eq!(body("2", true, Direction::Request), "1<a2<a<b", "b sees everything held at the end");
+        assert_eq!(body("r", true, Direction::Response), "r<b<a", "responses meet the filters in reverse");
+        let stopped = run(chain.body(Direction::Request, Bytes::from(vec![b'x'; 2000]), false, 1024));
+        assert!(matches!(stopped, Err(BodyStop::TooLarge)), "more held back than the limit");
+    }
+
+    #[test]
+    fn connection_data_passes_network_filters_both_ways() {
+        let mut chain = ConnectionChain {
+            filters: vec![Box::new(Tagger { tag: "|1", hold: true }), Box::new(Tagger { tag: "|2", hold: false })],
+            held: [0, 1].map(|_| vec![BytesMut::new(), BytesMut::new()]),
+        };
+        assert!(chain.on_new_connection().is_ok());
+        assert_eq!(chain.on_data(Direction::Request, b"a", false, 64).unwrap(), "");
+        assert_eq!(chain.on_data(Direction::Request, b"b", true, 64).unwrap(), "ab|1|2");
+        assert_eq!(chain.on_data(Direction::Response, b"z", false, 64).unwrap(), "", "filter 1 holds it last");
+        assert!(chain.on_data(Direction::Response, &[b'y'; 100], false, 64).is_err(), "over the limit closes");
+    }
+}

@@ -93,7 +93,13 @@ impl StreamState {
     }
 
     pub fn count(&self, map: MapType) -> usize {
-        self.pseudo(map).len() + self.headers(map).map_or(0, HeaderMap::len)
+        // The pseudo-headers' number without building them: this runs on every headers callback.
+        let pseudo = match (map, &self.request, &self.response) {
+            (MapType::RequestHeaders, Some(_), _) => 4,
+            (MapType::ResponseHeaders, _, Some(_)) => 1,
+            _ => 0,
+        };
+        pseudo + self.headers(map).map_or(0, HeaderMap::len)
     }
 
     /// One value (the first, if the header repeats).
@@ -314,6 +320,8 @@ mod tests {
         let pairs = state.pairs(MapType::RequestHeaders);
         let keys: Vec<_> = pairs.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
         assert_eq!(keys, [":method", ":path", ":authority", ":scheme", "host", "x-one"]);
+        assert_eq!(state.count(MapType::RequestHeaders), keys.len());
+        assert_eq!(state.count(MapType::ResponseHeaders), 0, "no response yet");
         assert_eq!(state.value(MapType::RequestHeaders, ":authority").unwrap(), b"shop.example");
         assert_eq!(state.value(MapType::RequestHeaders, "X-One").unwrap(), b"1", "names are case-insensitive");
         assert!(state.value(MapType::ResponseHeaders, ":status").is_none(), "no response yet");
