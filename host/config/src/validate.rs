@@ -81,10 +81,8 @@ fn validate_listener(
         )),
         _ => {}
     }
-    if listener.protocol == ListenerProtocol::Tcp {
-        if listener.cluster.is_none() {
-            errors.push(FieldError::new(format!("{at}.cluster"), "required when protocol is tcp: it is the upstream"));
-        }
+    if listener.protocol == ListenerProtocol::Tcp && listener.cluster.is_none() {
+        errors.push(FieldError::new(format!("{at}.cluster"), "required when protocol is tcp: it is the upstream"));
     }
     if let Some(cluster) = &listener.cluster {
         if !clusters.contains(cluster.as_str()) {
