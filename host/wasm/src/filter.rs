@@ -97,13 +97,13 @@ impl HttpFilter for WasmFilter {
             shared: self.shared.clone(),
             slot,
             context: None,
-            state: Some(StreamState::new(info.clone())),
+            state: Some(Box::new(StreamState::new(info.clone()))),
         })
     }
 
     fn start_connection(&self, info: &Arc<StreamInfo>) -> Box<dyn ConnectionFilter> {
         let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
-        let state = Some(StreamState::new(info.clone()));
+        let state = Some(Box::new(StreamState::new(info.clone())));
         Box::new(WasmConnection { shared: self.shared.clone(), slot, context: None, state })
     }
 
@@ -219,7 +219,7 @@ impl Shared {
     }
 
     /// Ends a context: its log and clean-up callbacks, unless its instance is gone.
-    fn finish(&self, index: usize, context: Option<(u64, u32)>, state: Option<StreamState>) {
+    fn finish(&self, index: usize, context: Option<(u64, u32)>, state: Option<Box<StreamState>>) {
         let Some((generation, context)) = context else { return };
         let mut slot = self.lock(index);
         if slot.generation != generation {
@@ -356,7 +356,7 @@ struct WasmStream {
     /// (instance generation, context id) once the context exists.
     context: Option<(u64, u32)>,
     /// The request's state between callbacks (parked in the instance while the request waits).
-    state: Option<StreamState>,
+    state: Option<Box<StreamState>>,
 }
 
 fn placeholder_request() -> http::request::Parts {
@@ -512,7 +512,7 @@ struct WasmConnection {
     shared: Arc<Shared>,
     slot: usize,
     context: Option<(u64, u32)>,
-    state: Option<StreamState>,
+    state: Option<Box<StreamState>>,
 }
 
 impl WasmConnection {

@@ -23,7 +23,8 @@ pub struct HostState {
     pub allocate: Option<TypedFunc<u32, u32>>,
     pub plugin: Arc<PluginInfo>,
     /// The request of the context whose callback runs (`current`).
-    pub stream: Option<StreamState>,
+    /// Boxed: it travels in and out of every callback, and a pointer moves cheaply.
+    pub stream: Option<Box<StreamState>>,
     /// The context whose callback runs (0: none, e.g. during a callout's response).
     pub current: u32,
     /// The context hostcalls act on; the guest may switch it (`proxy_set_effective_context`).
@@ -74,12 +75,12 @@ pub enum ParkOutcome {
 /// What a paused request gets back when it is resumed: its state (with its message) and how
 /// it goes on.
 pub struct Resumption {
-    pub state: StreamState,
+    pub state: Box<StreamState>,
     pub outcome: ParkOutcome,
 }
 
 pub struct Parked {
-    pub state: StreamState,
+    pub state: Box<StreamState>,
     pub outcome: Option<ParkOutcome>,
     pub wake: oneshot::Sender<Resumption>,
 }
@@ -88,17 +89,17 @@ impl HostState {
     /// The request hostcalls act on now, whether its callback runs or it is parked.
     pub fn stream(&self) -> Option<&StreamState> {
         if self.effective == self.current {
-            self.stream.as_ref()
+            self.stream.as_deref()
         } else {
-            self.parked.get(&self.effective).map(|p| &p.state)
+            self.parked.get(&self.effective).map(|p| &*p.state)
         }
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut StreamState> {
         if self.effective == self.current {
-            self.stream.as_mut()
+            self.stream.as_deref_mut()
         } else {
-            self.parked.get_mut(&self.effective).map(|p| &mut p.state)
+            self.parked.get_mut(&self.effective).map(|p| &mut *p.state)
         }
     }
 
@@ -197,7 +198,9 @@ struct Exports {
 
 pub struct Vm {
     store: Store<HostState>,
-    exports: Exports,
+    /// Shared so a call can hold its export while it borrows the store (a clone of the Arc is
+    /// one increment; a clone of a `TypedFunc` takes the engine's type registry).
+    exports: Arc<Exports>,
     root_context: u32,
     next_context: u32,
     deadline_ticks: u64,
@@ -275,7 +278,7 @@ impl Vm {
             on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close"),
         };
         let time_limit_ms = plugin.time_limit.as_millis() as u64;
-        let mut vm = Vm { store, exports, root_context: 1, next_context: 2, deadline_ticks: ticks, time_limit_ms };
+        let mut vm = Vm { store, exports: Arc::new(exports), root_context: 1, next_context: 2, deadline_ticks: ticks, time_limit_ms };
 
         let initialize = typed::<(), ()>(&instance, &mut vm.store, "_initialize")
             .or_else(|| typed(&instance, &mut vm.store, "_start"));
@@ -283,8 +286,8 @@ impl Vm {
             vm.call(|store| initialize.call(store, ()))?;
         }
         let root = vm.root_context;
-        let create = vm.exports.on_context_create.clone();
-        vm.call(|store| create.call(store, (root, 0)))?;
+        let exports = vm.exports.clone();
+        vm.call(|store| exports.on_context_create.call(store, (root, 0)))?;
         if let Some(start) = typed::<(u32, u32), u32>(&instance, &mut vm.store, "proxy_on_vm_start") {
             if vm.call(|store| start.call(store, (root, 0)))? == 0 {
                 return Err(VmError::StartRefused);
@@ -339,14 +342,16 @@ impl Vm {
 
     /// Calls `proxy_on_tick` on the root context.
     pub fn tick(&mut self) -> Result<(), VmError> {
-        let (Some(tick), root) = (self.exports.on_tick.clone(), self.root_context) else { return Ok(()) };
+        let (exports, root) = (self.exports.clone(), self.root_context);
+        let Some(tick) = exports.on_tick.as_ref() else { return Ok(()) };
         self.enter(0, root);
         self.call(|store| tick.call(store, root))
     }
 
     /// Calls `proxy_on_queue_ready` on the root context.
     pub fn queue_ready(&mut self, queue: u32) -> Result<(), VmError> {
-        let (Some(ready), root) = (self.exports.on_queue_ready.clone(), self.root_context) else { return Ok(()) };
+        let (exports, root) = (self.exports.clone(), self.root_context);
+        let Some(ready) = exports.on_queue_ready.as_ref() else { return Ok(()) };
         self.enter(0, root);
         self.call(|store| ready.call(store, (root, queue)))
     }
@@ -360,7 +365,8 @@ impl Vm {
     pub fn create_context(&mut self) -> Result<u32, VmError> {
         let id = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(2);
-        let (create, root) = (self.exports.on_context_create.clone(), self.root_context);
+        let (exports, root) = (self.exports.clone(), self.root_context);
+        let create = &exports.on_context_create;
         self.enter(0, root);
         self.call(|store| create.call(store, (id, root)))?;
         Ok(id)
@@ -374,31 +380,31 @@ impl Vm {
         context: u32,
         arg: u32,
         end_of_stream: bool,
-        state: StreamState,
-    ) -> (StreamState, Result<PhaseOutcome, VmError>) {
+        state: Box<StreamState>,
+    ) -> (Box<StreamState>, Result<PhaseOutcome, VmError>) {
         /// A peer type for the close callbacks: the remote side closed.
         const REMOTE: u32 = 2;
-        let e = &self.exports;
+        let e = self.exports.clone();
         let with_size = match phase {
-            Phase::RequestHeaders => e.on_request_headers.clone(),
-            Phase::RequestBody => e.on_request_body.clone(),
-            Phase::ResponseHeaders => e.on_response_headers.clone(),
-            Phase::ResponseBody => e.on_response_body.clone(),
-            Phase::DownstreamData => e.on_downstream_data.clone(),
-            Phase::UpstreamData => e.on_upstream_data.clone(),
+            Phase::RequestHeaders => e.on_request_headers.as_ref(),
+            Phase::RequestBody => e.on_request_body.as_ref(),
+            Phase::ResponseHeaders => e.on_response_headers.as_ref(),
+            Phase::ResponseBody => e.on_response_body.as_ref(),
+            Phase::DownstreamData => e.on_downstream_data.as_ref(),
+            Phase::UpstreamData => e.on_upstream_data.as_ref(),
             _ => None,
         };
         let trailers = match phase {
-            Phase::RequestTrailers => e.on_request_trailers.clone(),
-            Phase::ResponseTrailers => e.on_response_trailers.clone(),
+            Phase::RequestTrailers => e.on_request_trailers.as_ref(),
+            Phase::ResponseTrailers => e.on_response_trailers.as_ref(),
             _ => None,
         };
         let notice = match phase {
-            Phase::DownstreamClose => e.on_downstream_close.clone(),
-            Phase::UpstreamClose => e.on_upstream_close.clone(),
+            Phase::DownstreamClose => e.on_downstream_close.as_ref(),
+            Phase::UpstreamClose => e.on_upstream_close.as_ref(),
             _ => None,
         };
-        let new_connection = e.on_new_connection.clone().filter(|_| phase == Phase::NewConnection);
+        let new_connection = e.on_new_connection.as_ref().filter(|_| phase == Phase::NewConnection);
         self.enter(context, context);
         let data = self.store.data_mut();
         data.stream = Some(state);
@@ -426,7 +432,7 @@ impl Vm {
     }
 
     /// Keeps a paused request here until its filter resumes it; `wake` gets it back then.
-    pub fn park(&mut self, context: u32, state: StreamState, wake: oneshot::Sender<Resumption>) {
+    pub fn park(&mut self, context: u32, state: Box<StreamState>, wake: oneshot::Sender<Resumption>) {
         self.store.data_mut().parked.insert(context, Parked { state, outcome: None, wake });
     }
 
@@ -439,7 +445,8 @@ impl Vm {
     /// unless that context has ended.
     pub fn deliver_http(&mut self, token: u32, reply: Option<CalloutReply>) -> Result<(), VmError> {
         let Some(context) = self.store.data_mut().callouts.remove(&token) else { return Ok(()) };
-        let Some(callback) = self.exports.on_http_call_response.clone() else { return Ok(()) };
+        let exports = self.exports.clone();
+        let Some(callback) = exports.on_http_call_response.as_ref() else { return Ok(()) };
         let counts = reply.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         self.store.data_mut().callout_reply = reply;
         self.enter(0, context);
@@ -453,9 +460,10 @@ impl Vm {
     pub fn deliver_grpc(&mut self, token: u32, outcome: GrpcOutcome) -> Result<(), VmError> {
         let Some(context) = self.store.data_mut().callouts.remove(&token) else { return Ok(()) };
         self.enter(0, context);
+        let exports = self.exports.clone();
         let result = match outcome {
             GrpcOutcome::Message(message) => {
-                let Some(callback) = self.exports.on_grpc_receive.clone() else { return Ok(()) };
+                let Some(callback) = exports.on_grpc_receive.as_ref() else { return Ok(()) };
                 let size = message.len() as u32;
                 let data = self.store.data_mut();
                 data.grpc_message = message;
@@ -463,7 +471,7 @@ impl Vm {
                 self.call(|store| callback.call(store, (context, token, size)))
             }
             GrpcOutcome::Status(code, message) => {
-                let Some(callback) = self.exports.on_grpc_close.clone() else { return Ok(()) };
+                let Some(callback) = exports.on_grpc_close.as_ref() else { return Ok(()) };
                 let data = self.store.data_mut();
                 data.grpc_message.clear();
                 data.grpc_status = (code, message);
@@ -476,12 +484,13 @@ impl Vm {
 
     /// Ends a stream context: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete` (Envoy's order).
     /// A request still parked here is taken back for it; its callouts are forgotten.
-    pub fn finish_context(&mut self, context: u32, state: Option<StreamState>) -> Result<(), VmError> {
+    pub fn finish_context(&mut self, context: u32, state: Option<Box<StreamState>>) -> Result<(), VmError> {
         let data = self.store.data_mut();
         let parked = data.parked.remove(&context).map(|p| p.state);
         data.callouts.retain(|_, owner| *owner != context);
         data.stream = state.or(parked);
-        let exports = (self.exports.on_log.clone(), self.exports.on_done.clone(), self.exports.on_delete.clone());
+        let shared_exports = self.exports.clone();
+        let exports = (&shared_exports.on_log, &shared_exports.on_done, &shared_exports.on_delete);
         self.enter(context, context);
         let result = (|| {
             if let Some(log) = exports.0 {
