@@ -351,6 +351,12 @@ async fn an_http_callout_decides_the_request() {
     assert_eq!(get(weft.addr("public"), "/").await.status, 403, "bob-like users are still denied");
     let allowed = curl_ok(&["-H", "x-user: alice", &weft.url("public", "/")]).await;
     assert_eq!(seen(&allowed)["headers"]["x-auth-upstream"], "auth");
+    let metrics = weft.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weft_filter_callouts_total{filter=\"test\",cluster=\"auth\",result=\"answered\"}"),
+        Some(5.0),
+        "{metrics}"
+    );
 
     // The auth service unreachable: the filter hears the callout failed.
     let weft = Weft::start(&filter_config("callout", "", &[("web", web.endpoint()), ("auth", dead)])).await;
@@ -359,6 +365,12 @@ async fn an_http_callout_decides_the_request() {
             .await;
     assert_eq!(unavailable.status, 503);
     assert_eq!(unavailable.body, "auth unavailable");
+    let metrics = weft.metrics().await;
+    assert_eq!(
+        metric(&metrics, "weft_filter_callouts_total{filter=\"test\",cluster=\"auth\",result=\"failed\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -151,7 +151,8 @@ impl FilterChain {
         }
         let info = Arc::new(info());
         let streams: Vec<_> = self.filters.iter().map(|f| f.start(&info)).collect();
-        let held = [0, 1].map(|_| streams.iter().map(|_| BytesMut::new()).collect());
+        // Made on the first body that passes: most requests have none.
+        let held = [Vec::new(), Vec::new()];
         ChainStreams { inner: Some(Arc::new(Mutex::new(Streams { streams, held }))) }
     }
 }
@@ -245,7 +246,7 @@ pub enum Direction {
 
 struct Streams {
     streams: Vec<Box<dyn FilterStream>>,
-    /// Per direction, per filter: body data the filter is holding back.
+    /// Per direction, per filter: body data the filter is holding back (empty until a body passes).
     held: [Vec<BytesMut>; 2],
 }
 
@@ -355,7 +356,12 @@ impl ChainStreams {
         for index in self.order(direction) {
             {
                 let Some(mut streams) = self.lock() else { break };
-                let held = &mut streams.held[side][index];
+                let count = streams.streams.len();
+                let held = &mut streams.held[side];
+                if held.len() < count {
+                    held.resize_with(count, BytesMut::new);
+                }
+                let held = &mut held[index];
                 if held.is_empty() {
                     *held = std::mem::take(&mut passing);
                 } else {

@@ -70,6 +70,14 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterCalloutLabels {
+    pub filter: Name,
+    pub cluster: Name,
+    /// `answered` (any response, whatever its status) or `failed` (connect, reset, timeout).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilterFailureLabels {
     pub filter: Name,
     /// `trap`, `deadline` or `start`.
@@ -109,6 +117,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
+    pub filter_callouts: Family<FilterCalloutLabels, Counter>,
     pub filter_counters: Family<FilterMetricLabels, Counter>,
     pub filter_gauges: Family<FilterMetricLabels, Gauge>,
     pub filter_histograms: HistogramFamily<FilterMetricLabels>,
@@ -144,6 +153,7 @@ impl Metrics {
             config_reloads: Family::default(),
             config_version: Gauge::default(),
             filter_failures: Family::default(),
+            filter_callouts: Family::default(),
             filter_counters: Family::default(),
             filter_gauges: Family::default(),
             filter_histograms: Family::new_with_constructor(filter_histogram),
@@ -200,6 +210,11 @@ impl Metrics {
             "filter_failures",
             "Filter calls that failed (trap, deadline) or instances that could not start; each replaced the instance",
             m.filter_failures.clone(),
+        );
+        registry.register(
+            "filter_callouts",
+            "HTTP and gRPC callouts filters made, by cluster and whether an answer came back",
+            m.filter_callouts.clone(),
         );
         registry.register(
             "filter_counter",

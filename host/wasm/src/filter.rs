@@ -21,7 +21,7 @@ use weft_proxy::chain::{
     ConnectionFilter, DataVerdict, Direction, FilterStream, HttpFilter, Message, Resumed, StreamInfo, Verdict,
 };
 use weft_proxy::http::{LocalReply, ProxyBody};
-use weft_proxy::metrics::{FilterFailureLabels, Metrics, Name};
+use weft_proxy::metrics::{FilterCalloutLabels, FilterFailureLabels, Metrics, Name};
 
 /// The first wait before replacing a failed instance; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -329,6 +329,12 @@ fn dispatch(shared: &Arc<Shared>, index: usize, generation: u64, vm: &mut Vm) {
             if let Err(reason) = &result {
                 tracing::debug!(filter = %shared.plugin.name, %cluster, %reason, "callout failed");
             }
+            let labels = FilterCalloutLabels {
+                filter: Name::new(&shared.plugin.name),
+                cluster: Name::new(&cluster),
+                result: if result.is_ok() { "answered" } else { "failed" },
+            };
+            shared.metrics.filter_callouts.get_or_create(&labels).inc();
             let mut slot = shared.lock(index);
             if slot.generation != generation {
                 return;
