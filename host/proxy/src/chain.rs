@@ -250,6 +250,16 @@ struct Streams {
     held: [Vec<BytesMut>; 2],
 }
 
+impl Streams {
+    /// Runs filter `index`'s phase for `message`, or resumes it with what its wait yielded.
+    fn step(&mut self, index: usize, message: Message<'_>, end_of_stream: bool, resumed: Option<Resumed>) -> Verdict {
+        match resumed {
+            None => self.streams[index].on(message, end_of_stream),
+            Some(resumed) => self.streams[index].resume(message, resumed),
+        }
+    }
+}
+
 /// The filters of a chain for one request. Shared by the request path and the two bodies, which
 /// run on different tasks; the lock is held only while a filter phase runs, never across a wait.
 #[derive(Clone, Default)]
@@ -307,11 +317,7 @@ impl ChainStreams {
     ) -> Option<Response<ProxyBody>> {
         for index in 0..self.len() {
             let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                let message = Message::RequestHeaders(&mut *request, &mut *decisions);
-                match resumed {
-                    None => s.streams[index].on(message, end_of_stream),
-                    Some(resumed) => s.streams[index].resume(message, resumed),
-                }
+                s.step(index, Message::RequestHeaders(&mut *request, &mut *decisions), end_of_stream, resumed)
             };
             if let Verdict::Respond(response) = self.run(&mut phase).await {
                 return Some(response);
@@ -328,11 +334,7 @@ impl ChainStreams {
     ) -> Option<Response<ProxyBody>> {
         for index in (0..self.len()).rev() {
             let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                let message = Message::ResponseHeaders(&mut *response);
-                match resumed {
-                    None => s.streams[index].on(message, end_of_stream),
-                    Some(resumed) => s.streams[index].resume(message, resumed),
-                }
+                s.step(index, Message::ResponseHeaders(&mut *response), end_of_stream, resumed)
             };
             if let Verdict::Respond(reply) = self.run(&mut phase).await {
                 return Some(reply);
@@ -373,16 +375,15 @@ impl ChainStreams {
                 }
             }
             let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                let Streams { streams, held } = s;
-                let body = &mut held[side][index];
+                // The held data moves out for the call: the filter and the buffer are both in `s`.
+                let mut body = std::mem::take(&mut s.held[side][index]);
                 let message = match direction {
-                    Direction::Request => Message::RequestBody(body),
-                    Direction::Response => Message::ResponseBody(body),
+                    Direction::Request => Message::RequestBody(&mut body),
+                    Direction::Response => Message::ResponseBody(&mut body),
                 };
-                match resumed {
-                    None => streams[index].on(message, end_of_stream),
-                    Some(resumed) => streams[index].resume(message, resumed),
-                }
+                let verdict = s.step(index, message, end_of_stream, resumed);
+                s.held[side][index] = body;
+                verdict
             };
             match self.run(&mut phase).await {
                 Verdict::Respond(response) => return Err(BodyStop::Respond(response)),
@@ -406,10 +407,7 @@ impl ChainStreams {
                     Direction::Request => Message::RequestTrailers(&mut *trailers),
                     Direction::Response => Message::ResponseTrailers(&mut *trailers),
                 };
-                match resumed {
-                    None => s.streams[index].on(message, true),
-                    Some(resumed) => s.streams[index].resume(message, resumed),
-                }
+                s.step(index, message, true, resumed)
             };
             if let Verdict::Respond(reply) = self.run(&mut phase).await {
                 return Some(reply);

@@ -94,34 +94,42 @@ where
     let (mut client_open, mut upstream_open) = (true, true);
     let (mut received, mut sent) = (0u64, 0u64);
     while client_open || upstream_open {
-        tokio::select! {
+        let passed = tokio::select! {
             read = from_client.read(&mut client_chunk), if client_open => {
                 let n = read?;
                 received += n as u64;
-                let Ok(data) = filters.on_data(Direction::Request, &client_chunk[..n], n == 0, limit) else {
-                    return Ok((received, sent, "closed by filter"));
-                };
-                to_upstream.write_all(&data).await?;
-                if n == 0 {
-                    client_open = false;
-                    filters.on_close(Direction::Request);
-                    to_upstream.shutdown().await?;
-                }
+                client_open = n > 0;
+                pass(filters, Direction::Request, &client_chunk[..n], &mut to_upstream, limit).await?
             }
             read = from_upstream.read(&mut upstream_chunk), if upstream_open => {
                 let n = read?;
                 sent += n as u64;
-                let Ok(data) = filters.on_data(Direction::Response, &upstream_chunk[..n], n == 0, limit) else {
-                    return Ok((received, sent, "closed by filter"));
-                };
-                to_client.write_all(&data).await?;
-                if n == 0 {
-                    upstream_open = false;
-                    filters.on_close(Direction::Response);
-                    to_client.shutdown().await?;
-                }
+                upstream_open = n > 0;
+                pass(filters, Direction::Response, &upstream_chunk[..n], &mut to_client, limit).await?
             }
+        };
+        if !passed {
+            return Ok((received, sent, "closed by filter"));
         }
     }
     Ok((received, sent, "closed"))
+}
+
+/// Hands what was read (`data`; empty: that side closed) through the filters to the other side,
+/// closing the other side's write half after the end. False when a filter closed the connection.
+async fn pass<W: AsyncWrite + Unpin>(
+    filters: &mut ConnectionChain,
+    direction: Direction,
+    data: &[u8],
+    to: &mut W,
+    limit: usize,
+) -> std::io::Result<bool> {
+    let end = data.is_empty();
+    let Ok(data) = filters.on_data(direction, data, end, limit) else { return Ok(false) };
+    to.write_all(&data).await?;
+    if end {
+        filters.on_close(direction);
+        to.shutdown().await?;
+    }
+    Ok(true)
 }

@@ -278,7 +278,14 @@ impl Vm {
             on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close"),
         };
         let time_limit_ms = plugin.time_limit.as_millis() as u64;
-        let mut vm = Vm { store, exports: Arc::new(exports), root_context: 1, next_context: 2, deadline_ticks: ticks, time_limit_ms };
+        let mut vm = Vm {
+            store,
+            exports: Arc::new(exports),
+            root_context: 1,
+            next_context: 2,
+            deadline_ticks: ticks,
+            time_limit_ms,
+        };
 
         let initialize = typed::<(), ()>(&instance, &mut vm.store, "_initialize")
             .or_else(|| typed(&instance, &mut vm.store, "_start"));
