@@ -86,6 +86,19 @@ async fn a_filter_answers_grpc_requests_with_a_grpc_status() {
 }
 
 #[tokio::test]
+async fn grpc_calls_stream_through_a_filter_chain() {
+    // The request's message and the response's trailers pass the filters' body and trailers phases.
+    let grpc = support::grpc::server().await;
+    let config = filter_config("headers", "", &[("grpc", grpc.addr.to_string())])
+        .replace("    endpoints: [", "    protocol: http2\n    endpoints: [");
+    let weft = Weft::start(&config).await;
+    assert_eq!(support::grpc::say(weft.addr("public"), "through").await.unwrap().message, "echo: through");
+    let status = support::grpc::say(weft.addr("public"), "fail").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "grpc-status in the trailers crossed the filters");
+    assert_eq!(status.message(), "no such thing");
+}
+
+#[tokio::test]
 async fn a_filter_routes_by_setting_the_upstream_cluster() {
     let (a, b) = (echo("a").await, echo("b").await);
     let weft = Weft::start(&filter_config("route", "", &[("a", a.endpoint()), ("b", b.endpoint())])).await;

@@ -69,20 +69,45 @@ impl StreamState {
         }
     }
 
-    fn pseudo(&self, map: MapType) -> Vec<(&'static str, String)> {
-        match (map, &self.request, &self.response) {
-            (MapType::RequestHeaders, Some(request), _) => vec![
-                (":method", request.method.as_str().to_owned()),
-                (":path", request.uri.path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned())),
-                (":authority", authority(request)),
-                (":scheme", if self.info.tls.is_some() { "https".into() } else { "http".into() }),
-            ],
-            (MapType::ResponseHeaders, _, Some(response)) => vec![(":status", response.status.as_str().to_owned())],
-            _ => Vec::new(),
+    /// One pseudo-header's value, built alone (filters read `:path` and `:method` often).
+    fn pseudo_value(&self, map: MapType, key: &str) -> Option<String> {
+        let request = self.request.as_ref().filter(|_| map == MapType::RequestHeaders);
+        let response = self.response.as_ref().filter(|_| map == MapType::ResponseHeaders);
+        match key {
+            ":method" => request.map(|r| r.method.as_str().to_owned()),
+            ":path" => request.map(|r| r.uri.path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned())),
+            ":authority" => request.map(authority),
+            ":scheme" => request.map(|_| if self.info.tls.is_some() { "https".into() } else { "http".into() }),
+            ":status" => response.map(|r| r.status.as_str().to_owned()),
+            _ => None,
         }
     }
 
+    fn pseudo(&self, map: MapType) -> Vec<(&'static str, String)> {
+        let keys: &[&'static str] = match map {
+            MapType::RequestHeaders => &[":method", ":path", ":authority", ":scheme"],
+            MapType::ResponseHeaders => &[":status"],
+            _ => &[],
+        };
+        keys.iter().filter_map(|key| self.pseudo_value(map, key).map(|value| (*key, value))).collect()
+    }
+
+    /// The whole map in the ABI's pairs encoding, pseudo-headers first, written straight from the
+    /// headers; empty bytes when the map is empty or not available now.
+    pub fn encoded_pairs(&self, map: MapType) -> Vec<u8> {
+        let pseudo = self.pseudo(map);
+        let headers = self.headers(map);
+        if pseudo.is_empty() && headers.is_none_or(HeaderMap::is_empty) {
+            return Vec::new();
+        }
+        // References only: the encoding walks the pairs twice, and a header map's iterator cannot.
+        let mut pairs: Vec<(&[u8], &[u8])> = pseudo.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        pairs.extend(headers.into_iter().flat_map(|h| h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))));
+        crate::abi::encode_pairs(pairs.into_iter())
+    }
+
     /// The whole map, pseudo-headers first; empty when the map is not available now.
+    #[cfg(test)]
     pub fn pairs(&self, map: MapType) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
             self.pseudo(map).into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
@@ -104,16 +129,16 @@ impl StreamState {
 
     /// One value (the first, if the header repeats).
     pub fn value(&self, map: MapType, key: &str) -> Option<Vec<u8>> {
-        let key = key.to_ascii_lowercase();
+        let key = lowercase(key);
         if key.starts_with(':') {
-            return self.pseudo(map).into_iter().find(|(k, _)| *k == key).map(|(_, v)| v.into_bytes());
+            return self.pseudo_value(map, &key).map(String::into_bytes);
         }
-        self.headers(map)?.get(key.as_str()).map(|v| v.as_bytes().to_vec())
+        self.headers(map)?.get(&*key).map(|v| v.as_bytes().to_vec())
     }
 
     /// Adds (`append`) or replaces a header; pseudo-headers rewrite the request line or status.
     pub fn set(&mut self, map: MapType, key: &str, value: &[u8], append: bool) -> Result<(), EditError> {
-        let key = key.to_ascii_lowercase();
+        let key = lowercase(key);
         if key.starts_with(':') {
             return self.set_pseudo(map, &key, value);
         }
@@ -131,12 +156,12 @@ impl StreamState {
     }
 
     pub fn remove(&mut self, map: MapType, key: &str) -> Result<(), EditError> {
-        let key = key.to_ascii_lowercase();
+        let key = lowercase(key);
         if key.starts_with(':') {
             return Ok(());
         }
         let headers = self.headers_mut(map).ok_or(EditError::Unavailable)?;
-        headers.remove(key.as_str());
+        headers.remove(&*key);
         Ok(())
     }
 
@@ -238,10 +263,7 @@ impl StreamState {
                 let nanos = info.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
                 int(nanos)
             }
-            ["request", "headers"] => request.map(|_| {
-                let pairs = self.pairs(MapType::RequestHeaders);
-                crate::abi::encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-            }),
+            ["request", "headers"] => request.map(|_| self.encoded_pairs(MapType::RequestHeaders)),
             ["request", "headers", name] => self.value(MapType::RequestHeaders, name),
             ["response", "code"] => self.response.as_ref().map(|r| (r.status.as_u16() as u64).to_le_bytes().to_vec()),
             ["response", "headers", name] => self.value(MapType::ResponseHeaders, name),
@@ -285,6 +307,15 @@ impl StreamState {
     }
 }
 
+/// Header names are case-insensitive; most arrive in lower case already, and then cost nothing.
+fn lowercase(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.bytes().any(|b| b.is_ascii_uppercase()) {
+        key.to_ascii_lowercase().into()
+    } else {
+        key.into()
+    }
+}
+
 fn authority(request: &http::request::Parts) -> String {
     request
         .uri
@@ -321,6 +352,10 @@ mod tests {
         let keys: Vec<_> = pairs.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
         assert_eq!(keys, [":method", ":path", ":authority", ":scheme", "host", "x-one"]);
         assert_eq!(state.count(MapType::RequestHeaders), keys.len());
+        let encoded = state.encoded_pairs(MapType::RequestHeaders);
+        let decoded = crate::abi::decode_pairs(&encoded).unwrap();
+        let expected: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        assert_eq!(decoded, expected, "encoded straight, the same pairs");
         assert_eq!(state.count(MapType::ResponseHeaders), 0, "no response yet");
         assert_eq!(state.value(MapType::RequestHeaders, ":authority").unwrap(), b"shop.example");
         assert_eq!(state.value(MapType::RequestHeaders, "X-One").unwrap(), b"1", "names are case-insensitive");

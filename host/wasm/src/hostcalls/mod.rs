@@ -94,14 +94,10 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_header_map_pairs",
         |mut caller: Ctx, map: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
             let map = map_type(map)?;
-            let pairs = match callout_map(caller.data(), map) {
-                Some(pairs) => pairs.to_vec(),
-                None => caller.data().stream().map(|s| s.pairs(map)).unwrap_or_default(),
-            };
-            let bytes = if pairs.is_empty() {
-                Vec::new()
-            } else {
-                abi::encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            let bytes = match callout_map(caller.data(), map) {
+                Some([]) => Vec::new(),
+                Some(pairs) => abi::encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))),
+                None => caller.data().stream().map(|s| s.encoded_pairs(map)).unwrap_or_default(),
             };
             memory::give(&mut caller, &bytes, ptr_out, size_out)?;
             Ok(status::OK)
