@@ -323,6 +323,8 @@ async fn a_filter_reads_and_rewrites_bodies_and_trailers() {
     let too_large = String::from_utf8_lossy(&too_large.stdout).to_string();
     assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
     assert!(too_large.contains("x-weft-error: body too large"), "{too_large}");
+    let metrics = weft.metrics().await;
+    assert_eq!(metric(&metrics, "weft_local_replies_total{listener=\"public\"}"), Some(1.0), "{metrics}");
 
     // Response trailers pass through the trailers phase.
     let out = curl_ok(&["--http2-prior-knowledge", "-i", &weft.url("public", "/trailers")]).await;

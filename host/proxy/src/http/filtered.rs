@@ -17,6 +17,14 @@ use tokio::sync::oneshot;
 
 type Step = Pin<Box<dyn Future<Output = Result<Vec<Frame<Bytes>>, BodyStop>> + Send>>;
 
+/// How the client is answered when filters stop a request body.
+pub enum BodyAnswer {
+    /// A filter's own response.
+    Filter(Response<ProxyBody>),
+    /// The proxy's (413 when a filter held back too much).
+    Local(LocalReply),
+}
+
 pub struct FilteredBody {
     /// The peer's body; `None` once it has ended.
     inner: Option<Incoming>,
@@ -30,7 +38,7 @@ pub struct FilteredBody {
     /// Filters saw data but not yet the end of the stream: they get one last call at the end.
     owes_end: bool,
     /// Where a request body sends a filter's answer (or 413) to the client.
-    local_reply: Option<oneshot::Sender<Response<ProxyBody>>>,
+    local_reply: Option<oneshot::Sender<BodyAnswer>>,
 }
 
 impl FilteredBody {
@@ -40,7 +48,7 @@ impl FilteredBody {
         inner: Incoming,
         chain: ChainStreams,
         limit: usize,
-        local_reply: oneshot::Sender<Response<ProxyBody>>,
+        local_reply: oneshot::Sender<BodyAnswer>,
     ) -> Self {
         FilteredBody::new(inner, chain, Direction::Request, limit, Some(local_reply))
     }
@@ -55,7 +63,7 @@ impl FilteredBody {
         chain: ChainStreams,
         direction: Direction,
         limit: usize,
-        local_reply: Option<oneshot::Sender<Response<ProxyBody>>>,
+        local_reply: Option<oneshot::Sender<BodyAnswer>>,
     ) -> Self {
         FilteredBody {
             inner: Some(inner),
@@ -94,9 +102,9 @@ impl FilteredBody {
         self.inner = None;
         self.owes_end = false;
         let (reply, why) = match stop {
-            BodyStop::Respond(reply) => (reply, "a filter answered the request during its body"),
+            BodyStop::Respond(reply) => (BodyAnswer::Filter(reply), "a filter answered the request during its body"),
             BodyStop::TooLarge => {
-                (LocalReply::BodyTooLarge.into_response(), "a filter held back more than max_buffered_body")
+                (BodyAnswer::Local(LocalReply::BodyTooLarge), "a filter held back more than max_buffered_body")
             }
         };
         match self.local_reply.take() {

@@ -9,7 +9,7 @@ mod local_reply;
 
 pub use body::{BoxError, ProxyBody};
 pub use exchange::rfc3339;
-pub use filtered::FilteredBody;
+pub use filtered::{BodyAnswer, FilteredBody};
 pub use local_reply::LocalReply;
 
 use crate::chain::{RequestDecisions, StreamInfo};
@@ -171,9 +171,9 @@ async fn proxy(
         // its answer wins over the upstream's error that abandoning the body causes.
         Some(mut filter_reply) => tokio::select! {
             biased;
-            Ok(reply) = &mut filter_reply => return Ok(reply),
+            Ok(answer) = &mut filter_reply => return answered(answer),
             response = send => match response {
-                Err(error) => return filter_reply.try_recv().map_err(|_| LocalReply::from(error)),
+                Err(error) => return filter_reply.try_recv().map_or(Err(LocalReply::from(error)), answered),
                 Ok(response) => response,
             },
         },
@@ -203,6 +203,14 @@ async fn proxy(
         ProxyBody::filtered(FilteredBody::response(body, filters, buffer_limit))
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// The answer filters gave while the request body was on its way.
+fn answered(answer: BodyAnswer) -> Result<Response<ProxyBody>, LocalReply> {
+    match answer {
+        BodyAnswer::Filter(response) => Ok(response),
+        BodyAnswer::Local(reply) => Err(reply),
+    }
 }
 
 /// The client's authority: the URI's (HTTP/2, absolute-form) or the `Host` header.
