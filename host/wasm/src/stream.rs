@@ -283,12 +283,12 @@ impl StreamState {
                 info.tls.as_ref().and_then(|t| t.peer_subject.as_ref()).map(|s| s.as_bytes().to_vec())
             }
             ["listener_name"] => text(info.listener.as_str()),
-            ["plugin_name"] => text(&plugin.name),
-            ["plugin_root_id"] => text(&plugin.root_id),
             ["weft", "upstream_cluster"] | ["cluster_name"] => self.upstream_cluster.as_deref().and_then(text),
             _ => {
                 let joined = path.join("\0");
-                self.custom.iter().find(|(k, _)| k == joined.as_bytes()).map(|(_, v)| v.clone())
+                let custom = self.custom.iter().find(|(k, _)| k == joined.as_bytes()).map(|(_, v)| v.clone());
+                // What is not about the request is about the plugin.
+                custom.or_else(|| plugin.property(path))
             }
         }
     }
