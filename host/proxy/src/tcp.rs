@@ -71,8 +71,7 @@ where
             "outcome": outcome,
             "source_principal": conn.tls.as_ref().and_then(|t| t.peer_uri_san.clone()),
         });
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        crate::http::print_access_log(&line);
     }
 }
 

@@ -90,9 +90,13 @@ fn write_access_log(exchange: &Exchange, log: &AccessLogFields, elapsed: std::ti
         "error": exchange.local_reply,
         "aborted": exchange.body_error,
     });
-    let mut out = std::io::stdout().lock();
+    print_access_log(&line);
+}
+
+/// Writes one access-log line (a request's, or a tcp connection's) to stdout.
+pub fn print_access_log(line: &serde_json::Value) {
     // A closed stdout must not take the proxy down; the line is simply lost.
-    let _ = writeln!(out, "{line}");
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn millis(d: std::time::Duration) -> f64 {

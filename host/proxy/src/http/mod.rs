@@ -8,7 +8,7 @@ mod headers;
 mod local_reply;
 
 pub use body::{BoxError, ProxyBody};
-pub use exchange::rfc3339;
+pub use exchange::{print_access_log, rfc3339};
 pub use filtered::{BodyAnswer, FilteredBody};
 pub use local_reply::LocalReply;
 
