@@ -416,6 +416,9 @@ async fn a_queue_wakes_the_root_which_resumes_paused_requests() {
     for body in futures_util::future::join_all(requests).await {
         assert_eq!(seen(&body)["headers"]["x-resumed-by"], "queue", "{body}");
     }
+    let test = &weft.admin_json("/filters").await["filters"][0];
+    assert_eq!(test["paused_requests"], 0, "every paused request was handed back: {test}");
+    assert_eq!(test["callouts_in_flight"], 0, "{test}");
 }
 
 #[tokio::test]

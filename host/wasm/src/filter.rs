@@ -109,8 +109,16 @@ impl HttpFilter for WasmFilter {
 
     fn status(&self) -> serde_json::Value {
         let shared = &self.shared;
-        let memory: Vec<Option<usize>> =
-            (0..shared.slots.len()).map(|i| shared.lock(i).vm.as_ref().map(Vm::memory_bytes)).collect();
+        let (mut paused, mut callouts) = (0, 0);
+        let memory: Vec<Option<usize>> = (0..shared.slots.len())
+            .map(|i| {
+                let slot = shared.lock(i);
+                let vm = slot.vm.as_ref()?;
+                let (parked, in_flight) = vm.waiting();
+                (paused, callouts) = (paused + parked, callouts + in_flight);
+                Some(vm.memory_bytes())
+            })
+            .collect();
         serde_json::json!({
             "module": shared.module.digest,
             "failure_policy": shared.policy,
@@ -119,6 +127,8 @@ impl HttpFilter for WasmFilter {
             "calls": shared.calls.load(Ordering::Relaxed),
             "failures": shared.failures.load(Ordering::Relaxed),
             "memory_bytes": memory,
+            "paused_requests": paused,
+            "callouts_in_flight": callouts,
             "memory_limit_bytes": shared.plugin.memory_limit,
         })
     }

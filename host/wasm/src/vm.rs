@@ -363,6 +363,12 @@ impl Vm {
         self.call(|store| ready.call(store, (root, queue)))
     }
 
+    /// Requests waiting in this instance for their filter to resume them, and callouts in flight.
+    pub fn waiting(&self) -> (usize, usize) {
+        let data = self.store.data();
+        (data.parked.len(), data.callouts.len())
+    }
+
     /// Size of the instance's linear memory now.
     pub fn memory_bytes(&self) -> usize {
         self.store.data().memory.map_or(0, |m| m.data_size(&self.store))
