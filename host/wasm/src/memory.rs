@@ -22,6 +22,20 @@ pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8
     data.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| out_of_bounds(ptr, len))
 }
 
+/// The guest's whole memory and the host state at once, so a hostcall can use the guest's bytes
+/// in place (no copy) while it changes the request.
+pub fn split<'a>(caller: &'a mut Caller<'_, HostState>) -> Result<(&'a [u8], &'a mut HostState)> {
+    let memory = memory(caller)?;
+    let (data, host) = memory.data_and_store_mut(caller);
+    Ok((data, host))
+}
+
+/// `len` bytes at `ptr` of a memory from [`split`].
+pub fn slice(data: &[u8], ptr: u32, len: u32) -> Result<&[u8]> {
+    let start = ptr as usize;
+    data.get(start..start + len as usize).ok_or_else(|| out_of_bounds(ptr, len))
+}
+
 /// Like [`read`], as text; invalid UTF-8 is replaced, since names and messages are for humans.
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<String> {
     Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())

@@ -120,12 +120,16 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut caller: Ctx, map: u32, key: u32, key_len: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
-            let (map, key) = (map_type(map)?, memory::read_string(&caller, key, key_len)?);
-            let value = match callout_map(caller.data(), map) {
-                Some(pairs) => {
-                    pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| v.clone())
+            let map = map_type(map)?;
+            let value = {
+                let (data, host) = memory::split(&mut caller)?;
+                let key = String::from_utf8_lossy(memory::slice(data, key, key_len)?);
+                match callout_map(host, map) {
+                    Some(pairs) => {
+                        pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| v.clone())
+                    }
+                    None => host.stream().and_then(|s| s.value(map, &key)),
                 }
-                None => caller.data().stream().and_then(|s| s.value(map, &key)),
             };
             give_or_not_found(&mut caller, value, ptr_out, size_out)
         },
@@ -147,10 +151,11 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
             name,
             move |mut caller: Ctx, map: u32, key: u32, key_len: u32, value: u32, value_len: u32| -> Result<u32> {
                 let map = map_type(map)?;
-                let key = memory::read_string(&caller, key, key_len)?;
-                let value = memory::read(&caller, value, value_len)?;
-                let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
-                edited(stream.set(map, &key, &value, append))
+                let (data, host) = memory::split(&mut caller)?;
+                let key = String::from_utf8_lossy(memory::slice(data, key, key_len)?);
+                let value = memory::slice(data, value, value_len)?;
+                let Some(stream) = host.stream_mut() else { return Ok(status::NOT_FOUND) };
+                edited(stream.set(map, &key, value, append))
             },
         )?;
     }
@@ -158,8 +163,10 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut caller: Ctx, map: u32, key: u32, key_len: u32| -> Result<u32> {
-            let (map, key) = (map_type(map)?, memory::read_string(&caller, key, key_len)?);
-            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
+            let map = map_type(map)?;
+            let (data, host) = memory::split(&mut caller)?;
+            let key = String::from_utf8_lossy(memory::slice(data, key, key_len)?);
+            let Some(stream) = host.stream_mut() else { return Ok(status::NOT_FOUND) };
             edited(stream.remove(map, &key))
         },
     )?;
