@@ -36,6 +36,11 @@ filters:
     )
 }
 
+/// The config with every cluster spoken to over HTTP/2 (h2c), as gRPC and trailers need.
+fn over_http2(config: String) -> String {
+    config.replace("    endpoints: [", "    protocol: http2\n    endpoints: [")
+}
+
 fn seen(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -76,8 +81,7 @@ async fn a_filter_answers_requests_itself() {
 #[tokio::test]
 async fn a_filter_answers_grpc_requests_with_a_grpc_status() {
     let grpc = support::grpc::server().await;
-    let config = filter_config("grpc_deny", "", &[("grpc", grpc.addr.to_string())])
-        .replace("    endpoints: [", "    protocol: http2\n    endpoints: [");
+    let config = over_http2(filter_config("grpc_deny", "", &[("grpc", grpc.addr.to_string())]));
     let weft = Weft::start(&config).await;
     let status = support::grpc::say(weft.addr("public"), "hi").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -89,8 +93,7 @@ async fn a_filter_answers_grpc_requests_with_a_grpc_status() {
 async fn grpc_calls_stream_through_a_filter_chain() {
     // The request's message and the response's trailers pass the filters' body and trailers phases.
     let grpc = support::grpc::server().await;
-    let config = filter_config("headers", "", &[("grpc", grpc.addr.to_string())])
-        .replace("    endpoints: [", "    protocol: http2\n    endpoints: [");
+    let config = over_http2(filter_config("headers", "", &[("grpc", grpc.addr.to_string())]));
     let weft = Weft::start(&config).await;
     assert_eq!(support::grpc::say(weft.addr("public"), "through").await.unwrap().message, "echo: through");
     let status = support::grpc::say(weft.addr("public"), "fail").await.unwrap_err();
@@ -297,9 +300,10 @@ async fn compiled_modules_are_cached_on_disk_for_the_next_start() {
 #[tokio::test]
 async fn a_filter_reads_and_rewrites_bodies_and_trailers() {
     let web = echo("web").await;
-    let config = filter_config("body", "", &[("web", web.endpoint())])
-        .replace("    filters: [test]", "    filters: [test]\n    limits: { max_buffered_body: 64KiB }")
-        .replace("    endpoints: [", "    protocol: http2\n    endpoints: [");
+    let config = over_http2(
+        filter_config("body", "", &[("web", web.endpoint())])
+            .replace("    filters: [test]", "    filters: [test]\n    limits: { max_buffered_body: 64KiB }"),
+    );
     let weft = Weft::start(&config).await;
 
     // The request body arrives upstream uppercased; the response comes back wrapped.

@@ -11,6 +11,9 @@ use std::pin::Pin;
 use std::sync::Weak;
 use std::time::Duration;
 
+/// How long a callout may take when its filter names no timeout.
+pub const DEFAULT_CALLOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The largest callout response body weft collects for a filter.
 const MAX_CALLOUT_BODY: usize = 8 << 20;
 

@@ -18,10 +18,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use weft_config::FieldError;
 
-pub use crate::callout::{CalloutResponse, Callouts};
+pub use crate::callout::{CalloutResponse, Callouts, DEFAULT_CALLOUT_TIMEOUT};
 
 /// What filters decided about a request so far.
 #[derive(Default)]
@@ -155,9 +155,7 @@ impl FilterChain {
         let held = [Vec::new(), Vec::new()];
         ChainStreams { inner: Some(Arc::new(Mutex::new(Streams { streams, held }))) }
     }
-}
 
-impl FilterChain {
     /// Starts every filter as a network filter for one TCP connection.
     pub fn start_connection(&self, info: impl FnOnce() -> StreamInfo) -> ConnectionChain {
         if self.filters.is_empty() {
@@ -211,13 +209,7 @@ impl ConnectionChain {
         let mut passing = BytesMut::from(data);
         for index in order(self.filters.len(), direction) {
             let held = &mut self.held[side][index];
-            if held.is_empty() {
-                *held = std::mem::take(&mut passing);
-            } else {
-                held.extend_from_slice(&passing);
-                passing.clear();
-            }
-            if held.len() > limit {
+            if hold(held, &mut passing, limit) {
                 tracing::warn!("a network filter held back more than max_buffered_body; connection closed");
                 return Err(Closed);
             }
@@ -332,7 +324,7 @@ impl ChainStreams {
         response: &mut ResponseParts,
         end_of_stream: bool,
     ) -> Option<Response<ProxyBody>> {
-        for index in (0..self.len()).rev() {
+        for index in self.order(Direction::Response) {
             let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
                 s.step(index, Message::ResponseHeaders(&mut *response), end_of_stream, resumed)
             };
@@ -363,14 +355,7 @@ impl ChainStreams {
                 if held.len() < count {
                     held.resize_with(count, BytesMut::new);
                 }
-                let held = &mut held[index];
-                if held.is_empty() {
-                    *held = std::mem::take(&mut passing);
-                } else {
-                    held.extend_from_slice(&passing);
-                    passing.clear();
-                }
-                if held.len() > limit {
+                if hold(&mut held[index], &mut passing, limit) {
                     return Err(BodyStop::TooLarge);
                 }
             }
@@ -421,15 +406,24 @@ impl ChainStreams {
     }
 }
 
+/// Adds the data `passing` to what a filter holds (taking it whole when the filter holds nothing);
+/// true when the filter now holds more than `limit`.
+fn hold(held: &mut BytesMut, passing: &mut BytesMut, limit: usize) -> bool {
+    if held.is_empty() {
+        *held = std::mem::take(passing);
+    } else {
+        held.extend_from_slice(passing);
+        passing.clear();
+    }
+    held.len() > limit
+}
+
 /// The indices of `count` filters in the order data travelling in `direction` meets them.
 fn order(count: usize, direction: Direction) -> impl Iterator<Item = usize> {
     (0..count).map(move |i| if direction == Direction::Request { i } else { count - 1 - i })
 }
 
 type PhaseFn<'a> = dyn FnMut(&mut Streams, Option<Resumed>) -> Verdict + Send + 'a;
-
-/// How long a callout may take when its filter names no timeout.
-pub const DEFAULT_CALLOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -442,22 +436,26 @@ mod tests {
     }
 
     impl Tagger {
-        fn verdict(&self, data: &mut BytesMut, end_of_stream: bool) -> (bool, bool) {
+        /// Tags the data, or answers true when it holds the data back instead.
+        fn holds(&self, data: &mut BytesMut, end_of_stream: bool) -> bool {
             if self.hold && !end_of_stream {
-                return (false, true);
+                return true;
             }
             data.extend_from_slice(self.tag.as_bytes());
-            (true, false)
+            false
         }
     }
 
     impl FilterStream for Tagger {
         fn on(&mut self, message: Message<'_>, end_of_stream: bool) -> Verdict {
             match message {
-                Message::RequestBody(data) | Message::ResponseBody(data) => match self.verdict(data, end_of_stream) {
-                    (_, true) => Verdict::Buffer,
-                    _ => Verdict::Continue,
-                },
+                Message::RequestBody(data) | Message::ResponseBody(data) => {
+                    if self.holds(data, end_of_stream) {
+                        Verdict::Buffer
+                    } else {
+                        Verdict::Continue
+                    }
+                }
                 _ => Verdict::Continue,
             }
         }
@@ -468,9 +466,10 @@ mod tests {
             DataVerdict::Continue
         }
         fn on_data(&mut self, _direction: Direction, data: &mut BytesMut, end_of_stream: bool) -> DataVerdict {
-            match self.verdict(data, end_of_stream) {
-                (_, true) => DataVerdict::Buffer,
-                _ => DataVerdict::Continue,
+            if self.holds(data, end_of_stream) {
+                DataVerdict::Buffer
+            } else {
+                DataVerdict::Continue
             }
         }
         fn on_close(&mut self, _direction: Direction) {}

@@ -92,19 +92,11 @@ impl WasmFilter {
 
 impl HttpFilter for WasmFilter {
     fn start(&self, info: &Arc<StreamInfo>) -> Box<dyn FilterStream> {
-        let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
-        Box::new(WasmStream {
-            shared: self.shared.clone(),
-            slot,
-            context: None,
-            state: Some(Box::new(StreamState::new(info.clone()))),
-        })
+        Box::new(WasmStream::new(&self.shared, info))
     }
 
     fn start_connection(&self, info: &Arc<StreamInfo>) -> Box<dyn ConnectionFilter> {
-        let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
-        let state = Some(Box::new(StreamState::new(info.clone())));
-        Box::new(WasmConnection { shared: self.shared.clone(), slot, context: None, state })
+        Box::new(WasmStream::new(&self.shared, info))
     }
 
     fn status(&self) -> serde_json::Value {
@@ -365,14 +357,23 @@ fn dispatch(shared: &Arc<Shared>, index: usize, generation: u64, vm: &mut Vm) {
     }
 }
 
-/// One request inside one instance.
+/// One stream inside one instance: an HTTP request, or a TCP connection (a network filter).
 struct WasmStream {
     shared: Arc<Shared>,
     slot: usize,
     /// (instance generation, context id) once the context exists.
     context: Option<(u64, u32)>,
-    /// The request's state between callbacks (parked in the instance while the request waits).
+    /// The stream's state between callbacks (parked in the instance while a request waits).
     state: Option<Box<StreamState>>,
+}
+
+impl WasmStream {
+    /// A stream in the next instance, round robin: instances share the load.
+    fn new(shared: &Arc<Shared>, info: &Arc<StreamInfo>) -> Self {
+        let slot = shared.next.fetch_add(1, Ordering::Relaxed) % shared.slots.len();
+        let state = Some(Box::new(StreamState::new(info.clone())));
+        WasmStream { shared: shared.clone(), slot, context: None, state }
+    }
 }
 
 fn placeholder_request() -> http::request::Parts {
@@ -523,18 +524,10 @@ impl Drop for WasmStream {
     }
 }
 
-/// One TCP connection inside one instance (a network filter).
-struct WasmConnection {
-    shared: Arc<Shared>,
-    slot: usize,
-    context: Option<(u64, u32)>,
-    state: Option<Box<StreamState>>,
-}
-
-impl WasmConnection {
+impl WasmStream {
     /// Runs a connection callback, with `data` (the client's or the upstream's) readable and
     /// editable by the filter.
-    fn run(&mut self, phase: Phase, mut data: Option<&mut BytesMut>, end_of_stream: bool) -> DataVerdict {
+    fn run_connection(&mut self, phase: Phase, mut data: Option<&mut BytesMut>, end_of_stream: bool) -> DataVerdict {
         let shared = self.shared.clone();
         let Some((mut slot, context)) = shared.enter(self.slot, &mut self.context) else {
             return shared.policy_data();
@@ -577,25 +570,19 @@ impl WasmConnection {
     }
 }
 
-impl ConnectionFilter for WasmConnection {
+impl ConnectionFilter for WasmStream {
     fn on_new_connection(&mut self) -> DataVerdict {
-        self.run(Phase::NewConnection, None, false)
+        self.run_connection(Phase::NewConnection, None, false)
     }
 
     fn on_data(&mut self, direction: Direction, data: &mut BytesMut, end_of_stream: bool) -> DataVerdict {
         let phase = if direction == Direction::Request { Phase::DownstreamData } else { Phase::UpstreamData };
-        self.run(phase, Some(data), end_of_stream)
+        self.run_connection(phase, Some(data), end_of_stream)
     }
 
     fn on_close(&mut self, direction: Direction) {
         let phase = if direction == Direction::Request { Phase::DownstreamClose } else { Phase::UpstreamClose };
-        self.run(phase, None, true);
-    }
-}
-
-impl Drop for WasmConnection {
-    fn drop(&mut self) {
-        self.shared.finish(self.slot, self.context, self.state.take());
+        self.run_connection(phase, None, true);
     }
 }
 

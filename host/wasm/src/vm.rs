@@ -165,6 +165,18 @@ pub struct PhaseOutcome {
     pub closed: bool,
 }
 
+/// A phase's export, by its signature.
+enum Entry<'a> {
+    /// (context, header count or data size, end of stream) → action.
+    Sized(&'a TypedFunc<(u32, u32, u32), u32>),
+    /// (context, trailer count) → action.
+    Counted(&'a TypedFunc<(u32, u32), u32>),
+    /// (context) → action.
+    Connection(&'a TypedFunc<u32, u32>),
+    /// (context, peer type), no answer.
+    Notice(&'a TypedFunc<(u32, u32), ()>),
+}
+
 type Callback3 = Option<TypedFunc<(u32, u32, u32), u32>>;
 type Callback2 = Option<TypedFunc<(u32, u32), u32>>;
 type Callback1 = Option<TypedFunc<u32, u32>>;
@@ -398,40 +410,31 @@ impl Vm {
         /// A peer type for the close callbacks: the remote side closed.
         const REMOTE: u32 = 2;
         let e = self.exports.clone();
-        let with_size = match phase {
-            Phase::RequestHeaders => e.on_request_headers.as_ref(),
-            Phase::RequestBody => e.on_request_body.as_ref(),
-            Phase::ResponseHeaders => e.on_response_headers.as_ref(),
-            Phase::ResponseBody => e.on_response_body.as_ref(),
-            Phase::DownstreamData => e.on_downstream_data.as_ref(),
-            Phase::UpstreamData => e.on_upstream_data.as_ref(),
-            _ => None,
+        let entry = match phase {
+            Phase::RequestHeaders => e.on_request_headers.as_ref().map(Entry::Sized),
+            Phase::RequestBody => e.on_request_body.as_ref().map(Entry::Sized),
+            Phase::RequestTrailers => e.on_request_trailers.as_ref().map(Entry::Counted),
+            Phase::ResponseHeaders => e.on_response_headers.as_ref().map(Entry::Sized),
+            Phase::ResponseBody => e.on_response_body.as_ref().map(Entry::Sized),
+            Phase::ResponseTrailers => e.on_response_trailers.as_ref().map(Entry::Counted),
+            Phase::NewConnection => e.on_new_connection.as_ref().map(Entry::Connection),
+            Phase::DownstreamData => e.on_downstream_data.as_ref().map(Entry::Sized),
+            Phase::UpstreamData => e.on_upstream_data.as_ref().map(Entry::Sized),
+            Phase::DownstreamClose => e.on_downstream_close.as_ref().map(Entry::Notice),
+            Phase::UpstreamClose => e.on_upstream_close.as_ref().map(Entry::Notice),
         };
-        let trailers = match phase {
-            Phase::RequestTrailers => e.on_request_trailers.as_ref(),
-            Phase::ResponseTrailers => e.on_response_trailers.as_ref(),
-            _ => None,
-        };
-        let notice = match phase {
-            Phase::DownstreamClose => e.on_downstream_close.as_ref(),
-            Phase::UpstreamClose => e.on_upstream_close.as_ref(),
-            _ => None,
-        };
-        let new_connection = e.on_new_connection.as_ref().filter(|_| phase == Phase::NewConnection);
         self.enter(context, context);
         let data = self.store.data_mut();
         data.stream = Some(state);
         (data.continued, data.closed) = (false, false);
-        let result = if let Some(callback) = with_size {
-            self.call(|store| callback.call(store, (context, arg, end_of_stream.into())))
-        } else if let Some(callback) = trailers {
-            self.call(|store| callback.call(store, (context, arg)))
-        } else if let Some(callback) = new_connection {
-            self.call(|store| callback.call(store, context))
-        } else if let Some(callback) = notice {
-            self.call(|store| callback.call(store, (context, REMOTE))).map(|()| crate::abi::ACTION_CONTINUE)
-        } else {
-            Ok(crate::abi::ACTION_CONTINUE)
+        let result = match entry {
+            Some(Entry::Sized(f)) => self.call(|store| f.call(store, (context, arg, end_of_stream.into()))),
+            Some(Entry::Counted(f)) => self.call(|store| f.call(store, (context, arg))),
+            Some(Entry::Connection(f)) => self.call(|store| f.call(store, context)),
+            Some(Entry::Notice(f)) => {
+                self.call(|store| f.call(store, (context, REMOTE))).map(|()| crate::abi::ACTION_CONTINUE)
+            }
+            None => Ok(crate::abi::ACTION_CONTINUE),
         };
         let data = self.store.data_mut();
         let state = data.stream.take().unwrap_or_else(|| unreachable!("the stream state was put in above"));

@@ -173,6 +173,21 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of a buffer the guest can read now; `None` when there is no such buffer now.
+fn readable_buffer(host: &HostState, buffer: u32) -> Option<&[u8]> {
+    match BufferType::from_abi(buffer)? {
+        BufferType::PluginConfiguration => Some(&host.plugin.configuration),
+        BufferType::VmConfiguration => Some(&[]),
+        kind @ (BufferType::RequestBody
+        | BufferType::ResponseBody
+        | BufferType::DownstreamData
+        | BufferType::UpstreamData) => host.stream()?.data(kind).map(|data| &data[..]),
+        BufferType::HttpCallResponseBody => host.callout_reply.as_ref().map(|reply| reply.body.as_slice()),
+        BufferType::GrpcReceiveBuffer => Some(&host.grpc_message),
+        BufferType::CallData => None,
+    }
+}
+
 /// `max` bytes of `bytes` from `start`, clamped to what there is.
 fn window(bytes: &[u8], start: u32, max: u32) -> &[u8] {
     let start = (start as usize).min(bytes.len());
@@ -185,24 +200,8 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut caller: Ctx, buffer: u32, start: u32, max: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
-            let bytes = match BufferType::from_abi(buffer) {
-                Some(BufferType::PluginConfiguration) => caller.data().plugin.configuration.clone(),
-                Some(BufferType::VmConfiguration) => Vec::new(),
-                Some(
-                    kind @ (BufferType::RequestBody
-                    | BufferType::ResponseBody
-                    | BufferType::DownstreamData
-                    | BufferType::UpstreamData),
-                ) => match caller.data().stream().and_then(|s| s.data(kind)) {
-                    Some(data) => window(data, start, max).to_vec(),
-                    None => return Ok(status::NOT_FOUND),
-                },
-                Some(BufferType::HttpCallResponseBody) => match &caller.data().callout_reply {
-                    Some(reply) => window(&reply.body, start, max).to_vec(),
-                    None => return Ok(status::NOT_FOUND),
-                },
-                Some(BufferType::GrpcReceiveBuffer) => window(&caller.data().grpc_message, start, max).to_vec(),
-                _ => return Ok(status::NOT_FOUND),
+            let Some(bytes) = readable_buffer(caller.data(), buffer).map(|b| window(b, start, max).to_vec()) else {
+                return Ok(status::NOT_FOUND);
             };
             memory::give(&mut caller, &bytes, ptr_out, size_out)?;
             Ok(status::OK)
@@ -212,25 +211,8 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_buffer_status",
         |mut caller: Ctx, buffer: u32, size_out: u32, flags_out: u32| -> Result<u32> {
-            let data = caller.data();
-            let size = match BufferType::from_abi(buffer) {
-                Some(BufferType::PluginConfiguration) => data.plugin.configuration.len(),
-                Some(BufferType::VmConfiguration) => 0,
-                Some(
-                    kind @ (BufferType::RequestBody
-                    | BufferType::ResponseBody
-                    | BufferType::DownstreamData
-                    | BufferType::UpstreamData),
-                ) => match data.stream().and_then(|s| s.data(kind)) {
-                    Some(body) => body.len(),
-                    None => return Ok(status::NOT_FOUND),
-                },
-                Some(BufferType::HttpCallResponseBody) => match &data.callout_reply {
-                    Some(reply) => reply.body.len(),
-                    None => return Ok(status::NOT_FOUND),
-                },
-                Some(BufferType::GrpcReceiveBuffer) => data.grpc_message.len(),
-                _ => return Ok(status::NOT_FOUND),
+            let Some(size) = readable_buffer(caller.data(), buffer).map(<[u8]>::len) else {
+                return Ok(status::NOT_FOUND);
             };
             memory::write_u32(&mut caller, size_out, size as u32)?;
             memory::write_u32(&mut caller, flags_out, 0)?;
@@ -242,13 +224,10 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_set_buffer_bytes",
         |mut caller: Ctx, buffer: u32, start: u32, length: u32, ptr: u32, size: u32| -> Result<u32> {
             let Some(kind) = BufferType::from_abi(buffer) else { return Ok(status::NOT_FOUND) };
-            let bytes = memory::read(&caller, ptr, size)?;
-            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::NOT_FOUND) };
-            Ok(if stream.splice(kind, start as usize, length as usize, &bytes) {
-                status::OK
-            } else {
-                status::NOT_FOUND
-            })
+            let (data, host) = memory::split(&mut caller)?;
+            let bytes = memory::slice(data, ptr, size)?;
+            let Some(stream) = host.stream_mut() else { return Ok(status::NOT_FOUND) };
+            Ok(if stream.splice(kind, start as usize, length as usize, bytes) { status::OK } else { status::NOT_FOUND })
         },
     )?;
     linker.func_wrap(
@@ -394,15 +373,29 @@ fn define_shared_data_and_metrics(linker: &mut Linker<HostState>) -> Result<()> 
     Ok(())
 }
 
-/// Registers a callout to be sent once the running callback returns; its token goes to the guest.
+/// Registers a callout to be sent once the running callback returns, and hands its token to the
+/// guest. An unknown cluster or a request that cannot be built answers BAD_ARGUMENT, and the log
+/// says why.
 fn queue_callout(
     caller: &mut Ctx,
     cluster: String,
-    request: http::Request<bytes::Bytes>,
+    request: std::result::Result<http::Request<bytes::Bytes>, String>,
     timeout_ms: u32,
     grpc: bool,
     token_out: u32,
 ) -> Result<u32> {
+    let plugin = &caller.data().plugin;
+    if !plugin.callouts.as_ref().is_some_and(|c| c.knows(&cluster)) {
+        tracing::warn!(filter = %plugin.name, cluster, "callout to a cluster that is not configured");
+        return Ok(status::BAD_ARGUMENT);
+    }
+    let request = match request {
+        Ok(request) => request,
+        Err(reason) => {
+            tracing::warn!(filter = %plugin.name, %reason, "refused a callout");
+            return Ok(status::BAD_ARGUMENT);
+        }
+    };
     let timeout = match timeout_ms {
         0 => DEFAULT_CALLOUT_TIMEOUT,
         ms => std::time::Duration::from_millis(ms.into()),
@@ -415,16 +408,6 @@ fn queue_callout(
     host.outbox.push(Callout { token, cluster, request, timeout, grpc });
     memory::write_u32(caller, token_out, token)?;
     Ok(status::OK)
-}
-
-/// Whether `cluster` is one the filter can call now; the log says why not.
-fn known_cluster(caller: &Ctx, cluster: &str) -> bool {
-    let plugin = &caller.data().plugin;
-    let known = plugin.callouts.as_ref().is_some_and(|c| c.knows(cluster));
-    if !known {
-        tracing::warn!(filter = %plugin.name, cluster, "callout to a cluster that is not configured");
-    }
-    known
 }
 
 fn define_callouts(linker: &mut Linker<HostState>) -> Result<()> {
@@ -448,16 +431,8 @@ fn define_callouts(linker: &mut Linker<HostState>) -> Result<()> {
             let body = memory::read(&caller, body, body_len)?;
             let pairs =
                 abi::decode_pairs(&header_bytes).ok_or_else(|| Error::msg("malformed header map in a callout"))?;
-            if !known_cluster(&caller, &cluster) {
-                return Ok(status::BAD_ARGUMENT);
-            }
-            match callout::http_request(&pairs, body) {
-                Ok(request) => queue_callout(&mut caller, cluster, request, timeout_ms, false, token_out),
-                Err(reason) => {
-                    tracing::warn!(filter = %caller.data().plugin.name, %reason, "refused a callout");
-                    Ok(status::BAD_ARGUMENT)
-                }
-            }
+            let request = callout::http_request(&pairs, body);
+            queue_callout(&mut caller, cluster, request, timeout_ms, false, token_out)
         },
     )?;
     linker.func_wrap(
@@ -487,16 +462,8 @@ fn define_callouts(linker: &mut Linker<HostState>) -> Result<()> {
             } else {
                 abi::decode_pairs(&metadata).ok_or_else(|| Error::msg("malformed metadata in a gRPC callout"))?
             };
-            if !known_cluster(&caller, &cluster) {
-                return Ok(status::BAD_ARGUMENT);
-            }
-            match callout::grpc_request(&cluster, &service, &method, &metadata, &message) {
-                Ok(request) => queue_callout(&mut caller, cluster, request, timeout_ms, true, token_out),
-                Err(reason) => {
-                    tracing::warn!(filter = %caller.data().plugin.name, reason, "refused a gRPC callout");
-                    Ok(status::BAD_ARGUMENT)
-                }
-            }
+            let request = callout::grpc_request(&cluster, &service, &method, &metadata, &message);
+            queue_callout(&mut caller, cluster, request, timeout_ms, true, token_out)
         },
     )?;
     linker.func_wrap(
