@@ -8,7 +8,7 @@ mod support;
 use support::filters::test_filters;
 use support::upstream::echo;
 use support::weft::{metric, run_with_config};
-use support::{curl, curl_ok, get, raw_exchange, TempDir, Weft};
+use support::{curl, curl_ok, get, raw_exchange, seen, TempDir, Weft};
 
 fn filter_config(mode: &str, extra: &str, clusters: &[(&str, String)]) -> String {
     let clusters: String =
@@ -39,10 +39,6 @@ filters:
 /// The config with every cluster spoken to over HTTP/2 (h2c), as gRPC and trailers need.
 fn over_http2(config: String) -> String {
     config.replace("    endpoints: [", "    protocol: http2\n    endpoints: [")
-}
-
-fn seen(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
-//! The test filters of `tests/filters` (written against the public `proxy-wasm` crate), built to
-//! `wasm32-wasip1` once per test run. The target is added with rustup when it is missing.
+//! The Wasm modules the end-to-end tests load, each built once per test run: the test filters
+//! of `tests/filters` (written against the public `proxy-wasm` crate) and weft's built-in
+//! filters (`filters/`, written with weft-sdk). The `wasm32-wasip1` target is added with rustup
+//! when it is missing.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,8 +13,21 @@ pub fn test_filters() -> PathBuf {
     BUILT.get_or_init(build).clone()
 }
 
-fn build() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/filters");
+/// Path of a built-in filter's module: `builtin("router")` is `filters/router` built to Wasm.
+#[allow(dead_code)] // not every test binary loads a built-in filter
+pub fn builtin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_builtins);
+    let wasm = dir.join(format!("weft_{name}.wasm"));
+    assert!(wasm.exists(), "no {}", wasm.display());
+    wasm
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn add_wasm_target() {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -21,6 +36,33 @@ fn build() -> PathBuf {
         let status = Command::new("rustup").args(["target", "add", "wasm32-wasip1"]).status().unwrap();
         assert!(status.success(), "rustup target add wasm32-wasip1 failed");
     }
+}
+
+/// Builds every built-in filter; returns the folder of the modules. A target folder of its own,
+/// so that this build does not wait on the lock of the cargo that runs the tests.
+fn build_builtins() -> PathBuf {
+    add_wasm_target();
+    let target = workspace().join("target/filters");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--profile", "filter", "--target", "wasm32-wasip1", "--target-dir"]).arg(&target);
+    for name in BUILTINS {
+        cargo.args(["-p", &format!("weft-{name}")]);
+    }
+    let output = cargo.current_dir(workspace()).output().expect("run cargo");
+    assert!(
+        output.status.success(),
+        "building the built-in filters failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join("wasm32-wasip1/filter")
+}
+
+/// The crates under `filters/`.
+const BUILTINS: &[&str] = &["router"];
+
+fn build() -> PathBuf {
+    let dir = workspace().join("tests/filters");
+    add_wasm_target();
     // A lock of its own: the filters are their own workspace with their own target folder, so
     // this build does not wait on the cargo that runs the tests.
     let output = Command::new(env!("CARGO"))

@@ -50,6 +50,11 @@ impl Drop for TempDir {
     }
 }
 
+/// A JSON body (such as the echo upstream's description of what it received).
+pub fn seen(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
 /// A port nobody listens on right now (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -28,6 +28,9 @@ pub use crate::callout::{CalloutResponse, Callouts, DEFAULT_CALLOUT_TIMEOUT};
 pub struct RequestDecisions {
     /// The cluster a filter chose; the listener's `cluster` when none did.
     pub upstream_cluster: Option<Name>,
+    /// The upstream time limit a filter set for this request; the cluster's `request_timeout`
+    /// when none did.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// What a paused filter's wait yields; handed back to [`FilterStream::resume`], which alone

@@ -405,6 +405,7 @@ fn install(state: &mut StreamState, message: &mut Message<'_>) -> u32 {
             if let Some(chosen) = &decisions.upstream_cluster {
                 state.upstream_cluster = Some(chosen.as_str().to_owned());
             }
+            state.request_timeout = decisions.request_timeout;
             state.count(MapType::RequestHeaders)
         }
         Message::RequestBody(body) => {
@@ -443,6 +444,7 @@ fn take_back(state: &mut StreamState, message: &mut Message<'_>) {
                     decisions.upstream_cluster = Some(Name::new(cluster));
                 }
             }
+            decisions.request_timeout = state.request_timeout;
         }
         Message::RequestBody(body) => **body = state.request_body.take().unwrap_or_default(),
         Message::RequestTrailers(trailers) => **trailers = state.request_trailers.take().unwrap_or_default(),

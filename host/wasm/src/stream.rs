@@ -21,6 +21,8 @@ pub struct StreamState {
     pub upstream_data: Option<bytes::BytesMut>,
     /// The writable `weft.upstream_cluster` property.
     pub upstream_cluster: Option<String>,
+    /// The writable `weft.request_timeout` property: this request's upstream time limit.
+    pub request_timeout: Option<std::time::Duration>,
     /// Properties a filter set that weft does not interpret, readable back by the filters.
     pub custom: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -45,6 +47,7 @@ impl StreamState {
             downstream_data: None,
             upstream_data: None,
             upstream_cluster: None,
+            request_timeout: None,
             custom: Vec::new(),
         }
     }
@@ -284,6 +287,9 @@ impl StreamState {
             }
             ["listener_name"] => text(info.listener.as_str()),
             ["weft", "upstream_cluster"] | ["cluster_name"] => self.upstream_cluster.as_deref().and_then(text),
+            ["weft", "request_timeout"] => {
+                self.request_timeout.and_then(|limit| text(&weft_config::Duration(limit).to_string()))
+            }
             _ => {
                 let joined = path.join("\0");
                 let custom = self.custom.iter().find(|(k, _)| k == joined.as_bytes()).map(|(_, v)| v.clone());
@@ -293,17 +299,24 @@ impl StreamState {
         }
     }
 
-    /// Sets a property: `weft.upstream_cluster` routes the request; other paths are kept for the
-    /// filters to read back (like Envoy's filter state).
-    pub fn set_property(&mut self, path: &[&str], value: &[u8]) {
+    /// Sets a property: `weft.upstream_cluster` routes the request and `weft.request_timeout`
+    /// (a duration, `2s`) limits it; other paths are kept for the filters to read back (like
+    /// Envoy's filter state). A value weft cannot use is refused.
+    pub fn set_property(&mut self, path: &[&str], value: &[u8]) -> Result<(), String> {
         match path {
             ["weft", "upstream_cluster"] => self.upstream_cluster = Some(String::from_utf8_lossy(value).into_owned()),
+            ["weft", "request_timeout"] => {
+                let text = String::from_utf8_lossy(value);
+                let limit: weft_config::Duration = text.parse()?;
+                self.request_timeout = Some(limit.0);
+            }
             _ => {
                 let joined = path.join("\0").into_bytes();
                 self.custom.retain(|(k, _)| *k != joined);
                 self.custom.push((joined, value.to_vec()));
             }
         }
+        Ok(())
     }
 }
 
@@ -414,9 +427,13 @@ mod tests {
         assert_eq!(state.property(&["source", "port"], &plugin).unwrap(), 5000u64.to_le_bytes());
         assert_eq!(state.property(&["connection", "mtls"], &plugin).unwrap(), [0]);
         assert!(state.property(&["source", "principal"], &plugin).is_none(), "no client certificate");
-        state.set_property(&["weft", "upstream_cluster"], b"canary");
+        state.set_property(&["weft", "upstream_cluster"], b"canary").unwrap();
         assert_eq!(state.property(&["weft", "upstream_cluster"], &plugin).unwrap(), b"canary");
-        state.set_property(&["my", "note"], b"kept");
+        state.set_property(&["my", "note"], b"kept").unwrap();
         assert_eq!(state.property(&["my", "note"], &plugin).unwrap(), b"kept");
+        state.set_property(&["weft", "request_timeout"], b"1.5s").unwrap();
+        assert_eq!(state.request_timeout, Some(std::time::Duration::from_millis(1500)));
+        let refused = state.set_property(&["weft", "request_timeout"], b"soon").unwrap_err();
+        assert!(refused.contains("invalid duration \"soon\""), "{refused}");
     }
 }

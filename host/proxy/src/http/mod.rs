@@ -132,6 +132,7 @@ async fn proxy(
     if let Some(response) = filters.request_headers(&mut parts, &mut decisions, body.is_end_stream()).await {
         return Ok(response);
     }
+    let request_timeout = decisions.request_timeout;
     let cluster_name =
         decisions.upstream_cluster.or_else(|| listener.default_cluster.clone()).ok_or(LocalReply::NoRoute)?;
     let cluster = snapshot.clusters.get(cluster_name.as_str()).ok_or(LocalReply::NoRoute)?;
@@ -162,7 +163,7 @@ async fn proxy(
         &endpoint,
         &cluster.name,
         Request::from_parts(parts, body),
-        cluster.config.request_timeout.get(),
+        request_timeout.unwrap_or_else(|| cluster.config.request_timeout.get()),
         &exchange.metrics,
     );
     let response = match filter_reply {

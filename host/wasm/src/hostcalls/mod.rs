@@ -251,10 +251,14 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
             let path = memory::read_string(&caller, path, path_len)?;
             let value = memory::read(&caller, value, value_len)?;
             let segments: Vec<&str> = path.split('\0').collect();
-            if let Some(stream) = caller.data_mut().stream_mut() {
-                stream.set_property(&segments, &value);
+            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::OK) };
+            match stream.set_property(&segments, &value) {
+                Ok(()) => Ok(status::OK),
+                Err(reason) => {
+                    tracing::warn!(property = %segments.join("."), %reason, "filter set a property to a value weft cannot use");
+                    Ok(status::BAD_ARGUMENT)
+                }
             }
-            Ok(status::OK)
         },
     )?;
     Ok(())

@@ -1,0 +1,20 @@
+//! Logging to the proxy's log, tagged there with the filter's name:
+//! `weft_sdk::info!("routed to {}", cluster)`.
+
+use crate::host::{self, LogLevel};
+
+/// Logs `message` at `level` (what the macros call).
+pub fn log(level: LogLevel, message: &str) {
+    host::log(level, message);
+}
+
+#[macro_export]
+macro_rules! trace { ($($arg:tt)*) => { $crate::log::log($crate::LogLevel::Trace, &format!($($arg)*)) }; }
+#[macro_export]
+macro_rules! debug { ($($arg:tt)*) => { $crate::log::log($crate::LogLevel::Debug, &format!($($arg)*)) }; }
+#[macro_export]
+macro_rules! info { ($($arg:tt)*) => { $crate::log::log($crate::LogLevel::Info, &format!($($arg)*)) }; }
+#[macro_export]
+macro_rules! warn { ($($arg:tt)*) => { $crate::log::log($crate::LogLevel::Warn, &format!($($arg)*)) }; }
+#[macro_export]
+macro_rules! error { ($($arg:tt)*) => { $crate::log::log($crate::LogLevel::Error, &format!($($arg)*)) }; }

@@ -1,0 +1,92 @@
+//! Counters, gauges and histograms. weft shows them on its admin `/metrics`, labelled with the
+//! filter's name. A metric is defined on first use and its id kept, so `counter("x")` is cheap
+//! to call on every request.
+
+use crate::host::{self, MetricKind};
+use crate::Result;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+thread_local! {
+    static DEFINED: RefCell<HashMap<(MetricKind, String), u32>> = RefCell::new(HashMap::new());
+}
+
+fn define(kind: MetricKind, name: &str) -> Result<u32> {
+    if let Some(id) = DEFINED.with(|d| d.borrow().get(&(kind, name.to_owned())).copied()) {
+        return Ok(id);
+    }
+    let id = host::define_metric(kind, name)?;
+    DEFINED.with(|d| d.borrow_mut().insert((kind, name.to_owned()), id));
+    Ok(id)
+}
+
+/// Forgets the ids of defined metrics (the test harness starts each filter with a fresh host).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn forget_definitions() {
+    DEFINED.with(|d| d.borrow_mut().clear());
+}
+
+/// A number that only goes up.
+#[derive(Clone, Copy, Debug)]
+pub struct Counter(u32);
+
+/// A number that goes up and down.
+#[derive(Clone, Copy, Debug)]
+pub struct Gauge(u32);
+
+/// A distribution of recorded values.
+#[derive(Clone, Copy, Debug)]
+pub struct Histogram(u32);
+
+/// The counter named `name`, defined on first use.
+pub fn counter(name: &str) -> Result<Counter> {
+    define(MetricKind::Counter, name).map(Counter)
+}
+
+/// The gauge named `name`, defined on first use.
+pub fn gauge(name: &str) -> Result<Gauge> {
+    define(MetricKind::Gauge, name).map(Gauge)
+}
+
+/// The histogram named `name`, defined on first use.
+pub fn histogram(name: &str) -> Result<Histogram> {
+    define(MetricKind::Histogram, name).map(Histogram)
+}
+
+impl Counter {
+    pub fn increment(&self) -> Result<()> {
+        host::increment_metric(self.0, 1)
+    }
+    pub fn add(&self, by: u64) -> Result<()> {
+        host::increment_metric(self.0, i64::try_from(by).unwrap_or(i64::MAX))
+    }
+    pub fn value(&self) -> Result<u64> {
+        host::get_metric(self.0)
+    }
+}
+
+impl Gauge {
+    pub fn set(&self, value: u64) -> Result<()> {
+        host::record_metric(self.0, value)
+    }
+    pub fn add(&self, by: i64) -> Result<()> {
+        host::increment_metric(self.0, by)
+    }
+    pub fn value(&self) -> Result<u64> {
+        host::get_metric(self.0)
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, value: u64) -> Result<()> {
+        host::record_metric(self.0, value)
+    }
+}
+
+/// Adds one to the counter `name`, ignoring host errors: for the many places where a lost
+/// count must not fail a request.
+pub fn count(name: &str) {
+    if let Ok(counter) = counter(name) {
+        let _ = counter.increment();
+    }
+}
