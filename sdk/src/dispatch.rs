@@ -157,7 +157,8 @@ impl<F: Filter> State<F> {
         }
     }
 
-    /// `proxy_on_tick`: resumes the requests whose [`Request::resume_after`] time has come.
+    /// `proxy_on_tick`: runs [`Filter::on_timer`] for the requests whose time has come, and
+    /// resumes those it lets go on.
     pub fn on_tick(&self, _root: u32) {
         let now = host::now_nanos();
         let due: Vec<u32> = {
@@ -167,10 +168,13 @@ impl<F: Filter> State<F> {
             due
         };
         for context in due {
-            if let Some(direction) = self.paused_direction(context) {
-                if host::set_effective_context(context).is_ok() {
-                    self.resume(context, direction);
-                }
+            let Some(direction) = self.paused_direction(context) else { continue };
+            if host::set_effective_context(context).is_err() {
+                continue;
+            }
+            let action = self.phase(context, direction, "timer", |filter, fx| filter.on_timer(&mut Request::new(fx)));
+            if action == CONTINUE {
+                self.continue_unless_answered(context, direction);
             }
         }
         self.tick_while_timers();
@@ -244,23 +248,6 @@ impl<F: Filter> State<F> {
         }
     }
 
-    /// Resumes a request held in `direction` (a timer's).
-    fn resume(&self, context: u32, direction: Direction) {
-        let held = {
-            let mut requests = self.requests.borrow_mut();
-            match requests.get_mut(&context) {
-                Some(slot) if slot.paused == Some(direction) => {
-                    slot.paused = None;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if held {
-            self.continue_unless_answered(context, direction);
-        }
-    }
-
     /// `proxy_continue_stream`, unless the request was answered locally: that one is over.
     fn continue_unless_answered(&self, context: u32, direction: Direction) {
         let answered = self.requests.borrow().get(&context).is_none_or(|slot| slot.responded);
@@ -300,12 +287,16 @@ impl<F: Filter> State<F> {
 /// Parses a filter's config. No config at all reads as JSON `null`, then as `{}`, so that a
 /// filter whose config fields all have defaults needs none.
 pub fn parse_config<F: Filter>(bytes: &[u8]) -> crate::Result<F::Config> {
-    let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
-        serde_json::from_slice::<F::Config>(b"null").or_else(|_| serde_json::from_slice::<F::Config>(b"{}"))
-    } else {
-        serde_json::from_slice::<F::Config>(bytes)
+    let parse = |bytes: &[u8]| {
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize::<_, F::Config>(&mut json).map_err(|e| match e.path().to_string().as_str() {
+            "." => Error::Config(e.into_inner().to_string()),
+            path => Error::Config(format!("{path}: {}", e.into_inner())),
+        })
     };
-    let mut config = parsed.map_err(|e| Error::Config(e.to_string()))?;
+    let parsed =
+        if bytes.iter().all(u8::is_ascii_whitespace) { parse(b"null").or_else(|_| parse(b"{}")) } else { parse(bytes) };
+    let mut config = parsed?;
     F::prepare(&mut config).map_err(|e| match e {
         Error::Config(reason) => Error::Config(reason),
         other => Error::Config(other.to_string()),

@@ -141,8 +141,8 @@ macro_rules! message_methods {
                 Ok(Action::Pause)
             }
 
-            /// Holds the request for `delay`, then lets it go on by itself. Returns the `Pause`
-            /// the phase should answer.
+            /// Holds the request for `delay`; then [`crate::Filter::on_timer`] runs, and by
+            /// default lets it go on. Returns the `Pause` the phase should answer.
             pub fn resume_after(&mut self, delay: Duration) -> Result<Action> {
                 let delay = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
                 self.fx.resume_at = Some(host::now_nanos().saturating_add(delay));

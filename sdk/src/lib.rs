@@ -46,7 +46,7 @@
 //! - one type per request, created by [`Filter::new`], with no context ids to juggle: an HTTP
 //!   callout's answer comes back to the request that made it ([`Filter::on_call_response`]), and
 //!   the request is resumed when that method says [`Action::Continue`];
-//! - [`Request::resume_after`] holds a request for a while without writing a timer;
+//! - [`Request::resume_after`] holds a request for a while, then [`Filter::on_timer`] decides;
 //! - [`metrics`], [`shared`] (with compare-and-swap helpers) and logging macros;
 //! - [`testing`], a native test harness.
 
@@ -62,6 +62,7 @@ pub mod metrics;
 pub mod shared;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod units;
 
 pub use call::{CallId, CallResponse, HttpCall};
 pub use host::{Direction, LogLevel, MetricKind};
@@ -83,6 +84,23 @@ pub mod prelude {
 /// The host's clock (wall time). The test harness controls it ([`testing::TestFilter::advance`]).
 pub fn now() -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_nanos(host::now_nanos())
+}
+
+/// A random number for spreading traffic (splits, percentages), not for secrets: splitmix64 of
+/// the host's clock and a counter. In the test harness, whose clock stands still unless moved,
+/// the sequence is the same on every run.
+pub fn random() -> u64 {
+    thread_local! {
+        static SEQUENCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = SEQUENCE.with(|s| {
+        s.set(s.get().wrapping_add(1));
+        s.get()
+    });
+    let mut z = host::now_nanos() ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// What a phase tells the proxy to do next.
@@ -184,6 +202,14 @@ pub trait Filter: Sized + 'static {
     /// callout, say).
     fn on_call_response(&mut self, req: &mut Request, call: CallId, response: CallResponse) -> Result<Action> {
         let _ = (req, call, response);
+        Ok(Action::Continue)
+    }
+
+    /// The time a phase asked for with [`Request::resume_after`] has come. Returning
+    /// `Continue` (the default) lets the request go on; the method may also answer it
+    /// ([`Request::respond`]) or wait longer (`resume_after` again).
+    fn on_timer(&mut self, req: &mut Request) -> Result<Action> {
+        let _ = req;
         Ok(Action::Continue)
     }
 

@@ -58,7 +58,7 @@ fn build_builtins() -> PathBuf {
 }
 
 /// The crates under `filters/`.
-const BUILTINS: &[&str] = &["router"];
+const BUILTINS: &[&str] = &["router", "chaos", "policy"];
 
 fn build() -> PathBuf {
     let dir = workspace().join("tests/filters");

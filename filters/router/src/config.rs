@@ -2,7 +2,6 @@
 //! backendRefs, timeouts), parsed from the filter's `config` and checked whole at load.
 
 use serde::Deserialize;
-use std::time::Duration;
 use weft_sdk::Error;
 
 #[derive(Deserialize)]
@@ -202,7 +201,7 @@ pub enum StickyBy {
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// The whole request's limit upstream, like `2s` or `500ms`.
-    pub request: String,
+    pub request: weft_sdk::units::Duration,
 }
 
 /// Checks what serde cannot and compiles the patterns; every error names where it is.
@@ -278,9 +277,6 @@ pub fn prepare(config: &mut Config) -> Result<(), Error> {
             if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| b.weight == 0) {
                 return Err(at(".backendRefs: every weight is 0, so no request could be sent".into()));
             }
-            if let Some(timeouts) = &rule.timeouts {
-                parse_duration(&timeouts.request).map_err(|e| at(format!(".timeouts.request: {e}")))?;
-            }
         }
     }
     Ok(())
@@ -290,19 +286,4 @@ pub fn prepare(config: &mut Config) -> Result<(), Error> {
 fn full_match(pattern: &str) -> Result<regex_lite::Regex, String> {
     regex_lite::Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
-}
-
-/// `250ms`, `2s`, `1.5s`, `1m`: weft's duration syntax.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}: expected a number with a unit (ms, s, m), e.g. 250ms or 2s");
-    let (number, unit) =
-        text.find(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| text.split_at(i)).ok_or_else(invalid)?;
-    let number: f64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(invalid()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| invalid())
 }

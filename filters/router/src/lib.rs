@@ -10,7 +10,6 @@ mod tests;
 
 use config::{Config, HeaderModifier, PathModifier, Redirect, Rewrite, RouteFilter, Rule, StickyBy};
 use matching::{choose, Chosen, Facts};
-use std::cell::Cell;
 use weft_sdk::prelude::*;
 
 pub struct Router {
@@ -69,7 +68,7 @@ impl Filter for Router {
             req.route_to(&cluster)?;
         }
         if let Some(timeouts) = &rule.timeouts {
-            req.set_property(&["weft", "request_timeout"], timeouts.request.as_bytes())?;
+            req.set_property(&["weft", "request_timeout"], timeouts.request.to_string().as_bytes())?;
         }
         Ok(Action::Continue)
     }
@@ -212,7 +211,7 @@ fn pick_backend(rule: &Rule, req: &Request) -> Result<Option<String>> {
     };
     let mut point = match sticky {
         Some(value) => fnv1a(value.as_bytes()),
-        None => random(),
+        None => weft_sdk::random(),
     } % total;
     for backend in &rule.backend_refs {
         let weight = u64::from(backend.weight);
@@ -234,21 +233,4 @@ fn cookie(cookies: &str, name: &str) -> Option<String> {
 /// FNV-1a: stable across processes and versions, which a sticky split needs.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
-}
-
-thread_local! {
-    static SEQUENCE: Cell<u64> = const { Cell::new(0) };
-}
-
-/// A traffic split needs an even spread, not secrecy: splitmix64 of the clock and a counter.
-fn random() -> u64 {
-    let n = SEQUENCE.with(|s| {
-        s.set(s.get().wrapping_add(1));
-        s.get()
-    });
-    let nanos = weft_sdk::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut z = nanos ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

@@ -238,7 +238,7 @@ fn bad_configs_are_refused_with_where_and_why() {
         "filters": [{ "type": "URLRewrite", "urlRewrite": { "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/" } } }] }] }]));
     assert!(error.contains("ReplacePrefixMatch needs every match of the rule to be a PathPrefix"), "{error}");
     let error = refused(json!([{ "rules": [{ "backendRefs": [{ "name": "a" }], "colour": "red" }] }]));
-    assert!(error.contains("unknown field `colour`"), "{error}");
+    assert!(error.contains("routes[0].rules[0].colour: unknown field `colour`"), "{error}");
     let error = refused(json!([{ "rules": [{ "timeouts": { "request": "soon" } }] }]));
     assert!(error.contains("routes[0].rules[0].timeouts.request: invalid duration \"soon\""), "{error}");
     let error = refused(

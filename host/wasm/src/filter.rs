@@ -6,7 +6,7 @@
 
 use crate::callout::{self, CalloutReply};
 use crate::module::FilterModule;
-use crate::queues::{FilterEvent, QueueOwner};
+use crate::queues::{FilterEvent, InstanceEvents};
 use crate::stream::StreamState;
 use crate::vm::{LocalResponse, ParkOutcome, Phase, Resumption, Vm, VmError};
 use crate::PluginInfo;
@@ -67,7 +67,7 @@ impl WasmFilter {
         let (events, received) = std::sync::mpsc::channel();
         let mut slots = Vec::with_capacity(instances.max(1));
         for index in 0..instances.max(1) {
-            let owner = QueueOwner { events: Some(events.clone()), slot: index, generation: 0 };
+            let owner = InstanceEvents { events: Some(events.clone()), slot: index, generation: 0 };
             let vm = Vm::start(&module, plugin.clone(), owner)?;
             let slot = Slot { index, vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF };
             slots.push(Mutex::new(slot));
@@ -140,7 +140,8 @@ impl Shared {
     /// The slot's instance, making a new one if the last failed and its backoff has passed.
     fn ready<'a>(&self, slot: &'a mut Slot) -> Option<&'a mut Vm> {
         if slot.vm.is_none() && slot.retry_at.is_none_or(|at| Instant::now() >= at) {
-            let owner = QueueOwner { events: Some(self.events.clone()), slot: slot.index, generation: slot.generation };
+            let owner =
+                InstanceEvents { events: Some(self.events.clone()), slot: slot.index, generation: slot.generation };
             match Vm::start(&self.module, self.plugin.clone(), owner) {
                 Ok(vm) => {
                     slot.vm = Some(vm);
@@ -255,7 +256,7 @@ fn spawn_event_thread(shared: &Arc<Shared>, events: Receiver<FilterEvent>) {
             let Some(shared) = weak.upgrade() else { return };
             match event {
                 Ok(FilterEvent::QueueReady { slot, generation, queue }) => shared.queue_ready(slot, generation, queue),
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(FilterEvent::TicksChanged) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             sleep = shared.run_due_ticks(&mut due);

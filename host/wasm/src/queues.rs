@@ -13,18 +13,31 @@ const MAX_QUEUED: usize = 10_000;
 
 /// Something a filter's instance must do outside a request.
 pub enum FilterEvent {
-    QueueReady { slot: usize, generation: u64, queue: u32 },
+    QueueReady {
+        slot: usize,
+        generation: u64,
+        queue: u32,
+    },
+    /// The instance changed its tick period: the event thread looks again now, so that a first
+    /// tick is not late by its idle wait.
+    TicksChanged,
 }
 
-/// Where an instance hears about its queues.
+/// Where an instance's events go: its filter's event thread.
 #[derive(Clone)]
-pub struct QueueOwner {
+pub struct InstanceEvents {
     pub events: Option<Sender<FilterEvent>>,
     pub slot: usize,
     pub generation: u64,
 }
 
-impl QueueOwner {
+impl InstanceEvents {
+    pub fn ticks_changed(&self) {
+        if let Some(events) = &self.events {
+            let _ = events.send(FilterEvent::TicksChanged);
+        }
+    }
+
     fn notify(&self, queue: u32) {
         if let Some(events) = &self.events {
             let _ = events.send(FilterEvent::QueueReady { slot: self.slot, generation: self.generation, queue });
@@ -36,7 +49,7 @@ struct Queue {
     vm_id: String,
     name: String,
     items: VecDeque<Vec<u8>>,
-    owner: QueueOwner,
+    owner: InstanceEvents,
 }
 
 #[derive(Default)]
@@ -51,7 +64,7 @@ impl SharedQueues {
     }
 
     /// The queue's id; registering it again (another instance, a reload) makes the caller its owner.
-    pub fn register(&self, vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
+    pub fn register(&self, vm_id: &str, name: &str, owner: InstanceEvents) -> u32 {
         let mut queues = self.lock();
         if let Some(index) = queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
             queues[index].owner = owner;
@@ -94,7 +107,7 @@ mod tests {
     fn the_owner_hears_of_each_item_in_order() {
         let (events, heard) = std::sync::mpsc::channel();
         let queues = SharedQueues::default();
-        let owner = QueueOwner { events: Some(events), slot: 1, generation: 3 };
+        let owner = InstanceEvents { events: Some(events), slot: 1, generation: 3 };
         let id = queues.register("stats", "jobs", owner.clone());
         assert_eq!(queues.register("stats", "jobs", owner), id, "same name, same queue");
         assert_eq!(queues.resolve("stats", "jobs"), Some(id));
@@ -102,7 +115,9 @@ mod tests {
         assert!(queues.enqueue(id, b"a".to_vec()));
         assert!(queues.enqueue(id, b"b".to_vec()));
         assert!(!queues.enqueue(id + 1, b"c".to_vec()), "no such queue");
-        let FilterEvent::QueueReady { slot, generation, queue } = heard.try_recv().unwrap();
+        let Ok(FilterEvent::QueueReady { slot, generation, queue }) = heard.try_recv() else {
+            panic!("no queue event")
+        };
         assert_eq!((slot, generation, queue), (1, 3, id));
         assert_eq!(queues.dequeue(id), Some(Some(b"a".to_vec())));
         assert_eq!(queues.dequeue(id), Some(Some(b"b".to_vec())));

@@ -7,7 +7,7 @@
 
 use crate::callout::{Callout, CalloutReply, GrpcOutcome};
 use crate::module::FilterModule;
-use crate::queues::QueueOwner;
+use crate::queues::InstanceEvents;
 use crate::stream::StreamState;
 use crate::PluginInfo;
 use std::collections::HashMap;
@@ -50,7 +50,7 @@ pub struct HostState {
     pub grpc_message: Vec<u8>,
     pub grpc_status: (u32, String),
     /// Who gets told when a queue this instance registered has data.
-    pub queue_owner: QueueOwner,
+    pub instance_events: InstanceEvents,
 }
 
 /// `proxy_send_local_response`'s arguments, applied when the callback returns.
@@ -230,7 +230,11 @@ fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
 impl Vm {
     /// Instantiates the module and runs its start-up: `_initialize` (or `_start`), the root
     /// context, `proxy_on_vm_start` and `proxy_on_configure` with the plugin's config.
-    pub fn start(module: &FilterModule, plugin: Arc<PluginInfo>, queue_owner: QueueOwner) -> Result<Vm, VmError> {
+    pub fn start(
+        module: &FilterModule,
+        plugin: Arc<PluginInfo>,
+        instance_events: InstanceEvents,
+    ) -> Result<Vm, VmError> {
         let limits =
             StoreLimitsBuilder::new().memory_size(plugin.memory_limit).instances(1).tables(4).memories(1).build();
         let engine = module.engine();
@@ -253,7 +257,7 @@ impl Vm {
             callout_reply: None,
             grpc_message: Vec::new(),
             grpc_status: (0, String::new()),
-            queue_owner,
+            instance_events,
         };
         let mut store = Store::new(&engine, host);
         store.limiter(|host| &mut host.limits);

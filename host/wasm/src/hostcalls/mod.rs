@@ -305,7 +305,12 @@ fn define_stream_control(linker: &mut Linker<HostState>) -> Result<()> {
     })?;
     linker.func_wrap("env", "proxy_done", |_: Ctx| -> u32 { status::OK })?;
     linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Ctx, period: u32| -> u32 {
-        caller.data_mut().tick_period = (period > 0).then(|| std::time::Duration::from_millis(period.into()));
+        let period = (period > 0).then(|| std::time::Duration::from_millis(period.into()));
+        let host = caller.data_mut();
+        if host.tick_period != period {
+            host.tick_period = period;
+            host.instance_events.ticks_changed();
+        }
         status::OK
     })?;
     Ok(())
@@ -490,7 +495,7 @@ fn define_shared_queues(linker: &mut Linker<HostState>) -> Result<()> {
         |mut caller: Ctx, name: u32, name_len: u32, id_out: u32| -> Result<u32> {
             let name = memory::read_string(&caller, name, name_len)?;
             let host = caller.data();
-            let id = host.plugin.queues.register(&host.plugin.name, &name, host.queue_owner.clone());
+            let id = host.plugin.queues.register(&host.plugin.name, &name, host.instance_events.clone());
             memory::write_u32(&mut caller, id_out, id)?;
             Ok(status::OK)
         },

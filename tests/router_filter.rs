@@ -1,5 +1,5 @@
-//! weft's built-in filters (`filters/`, written with weft-sdk), built to Wasm and run in a real
-//! weft in front of real upstreams.
+//! The built-in router filter (`filters/router`, written with weft-sdk), built to Wasm and run
+//! in a real weft in front of real upstreams.
 
 mod support;
 

@@ -1,0 +1,3 @@
+//! The built-in policy filter in a real weft (being written).
+
+mod support;
