@@ -1,3 +1,4 @@
 //! The built-in policy filter in a real weft (being written).
+#![allow(unused)]
 
 mod support;

@@ -62,6 +62,8 @@ pub mod metrics;
 pub mod shared;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 pub mod units;
 
 pub use call::{CallId, CallResponse, HttpCall};

@@ -16,9 +16,19 @@ pub fn test_filters() -> PathBuf {
 /// Path of a built-in filter's module: `builtin("router")` is `filters/router` built to Wasm.
 #[allow(dead_code)] // not every test binary loads a built-in filter
 pub fn builtin(name: &str) -> PathBuf {
+    sdk_module(&format!("weft-{name}"))
+}
+
+/// Path of an example filter's module: `example("auth-callout")` is `examples/auth-callout`.
+#[allow(dead_code)]
+pub fn example(name: &str) -> PathBuf {
+    sdk_module(&format!("weft-example-{name}"))
+}
+
+fn sdk_module(package: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(build_builtins);
-    let wasm = dir.join(format!("weft_{name}.wasm"));
+    let dir = BUILT.get_or_init(build_sdk_modules);
+    let wasm = dir.join(format!("{}.wasm", package.replace('-', "_")));
     assert!(wasm.exists(), "no {}", wasm.display());
     wasm
 }
@@ -38,15 +48,16 @@ fn add_wasm_target() {
     }
 }
 
-/// Builds every built-in filter; returns the folder of the modules. A target folder of its own,
-/// so that this build does not wait on the lock of the cargo that runs the tests.
-fn build_builtins() -> PathBuf {
+/// Builds every filter written with weft-sdk (the built-in ones and the examples) in one go;
+/// returns the folder of the modules. A target folder of its own, so that this build does not
+/// wait on the lock of the cargo that runs the tests.
+fn build_sdk_modules() -> PathBuf {
     add_wasm_target();
     let target = workspace().join("target/filters");
     let mut cargo = Command::new(env!("CARGO"));
     cargo.args(["build", "--profile", "filter", "--target", "wasm32-wasip1", "--target-dir"]).arg(&target);
-    for name in BUILTINS {
-        cargo.args(["-p", &format!("weft-{name}")]);
+    for package in SDK_MODULES {
+        cargo.args(["-p", package]);
     }
     let output = cargo.current_dir(workspace()).output().expect("run cargo");
     assert!(
@@ -57,8 +68,15 @@ fn build_builtins() -> PathBuf {
     target.join("wasm32-wasip1/filter")
 }
 
-/// The crates under `filters/`.
-const BUILTINS: &[&str] = &["router", "chaos", "policy"];
+/// The crates under `filters/` and `examples/`.
+const SDK_MODULES: &[&str] = &[
+    "weft-router",
+    "weft-chaos",
+    "weft-policy",
+    "weft-example-add-header",
+    "weft-example-ab-cookie",
+    "weft-example-auth-callout",
+];
 
 fn build() -> PathBuf {
     let dir = workspace().join("tests/filters");
