@@ -236,6 +236,16 @@ macro_rules! filter {
             }
             #[no_mangle]
             pub extern "C" fn proxy_abi_version_0_2_1() {}
+            /// Marks the module a WASI reactor: statics are set up once, here, instead of the
+            /// linker wrapping every export in constructor and destructor calls.
+            #[no_mangle]
+            pub extern "C" fn _initialize() {
+                extern "C" {
+                    fn __wasm_call_ctors();
+                }
+                // SAFETY: the linker's constructor function, called once, first, by the host.
+                unsafe { __wasm_call_ctors() }
+            }
             #[no_mangle]
             pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
                 d::allocate(size)

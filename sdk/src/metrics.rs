@@ -5,18 +5,20 @@
 use crate::host::{self, MetricKind};
 use crate::Result;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 thread_local! {
-    static DEFINED: RefCell<HashMap<(MetricKind, String), u32>> = RefCell::new(HashMap::new());
+    /// Metrics defined so far: few per filter, so a list beats a map (no hashing, no key
+    /// allocation on the per-request lookup).
+    static DEFINED: RefCell<Vec<(MetricKind, String, u32)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn define(kind: MetricKind, name: &str) -> Result<u32> {
-    if let Some(id) = DEFINED.with(|d| d.borrow().get(&(kind, name.to_owned())).copied()) {
+    let known = DEFINED.with(|d| d.borrow().iter().find(|(k, n, _)| *k == kind && n == name).map(|(_, _, id)| *id));
+    if let Some(id) = known {
         return Ok(id);
     }
     let id = host::define_metric(kind, name)?;
-    DEFINED.with(|d| d.borrow_mut().insert((kind, name.to_owned()), id));
+    DEFINED.with(|d| d.borrow_mut().push((kind, name.to_owned(), id)));
     Ok(id)
 }
 

@@ -148,12 +148,20 @@ impl Chaos {
 
     /// The first fault that matches the request and has not expired.
     fn first_matching(&self, req: &Request) -> Result<Option<&Fault>> {
-        let now = weft_sdk::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        // The clock is only asked when some fault can expire: the path of a request no fault
+        // touches stays free of host calls it does not need.
+        let mut now = None;
+        let mut seen = Seen::default();
         for fault in &self.config.faults {
-            if fault.expires_unix_nanos.is_some_and(|end| now >= end) {
-                continue;
+            if let Some(end) = fault.expires_unix_nanos {
+                let now = *now.get_or_insert_with(|| {
+                    weft_sdk::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                });
+                if now >= end {
+                    continue;
+                }
             }
-            if matches(&fault.matching, req)? {
+            if matches(&fault.matching, req, &mut seen)? {
                 return Ok(Some(fault));
             }
         }
@@ -176,18 +184,33 @@ impl Chaos {
     }
 }
 
-fn matches(rule: &Match, req: &Request) -> Result<bool> {
+/// What the matches read of a request, read once however many faults look at it.
+#[derive(Default)]
+struct Seen {
+    path: Option<String>,
+    method: Option<String>,
+}
+
+fn matches(rule: &Match, req: &Request, seen: &mut Seen) -> Result<bool> {
     if rule.path.is_some() || rule.path_prefix.is_some() {
-        let path = req.url_path()?;
-        if rule.path.as_ref().is_some_and(|exact| *exact != path) {
+        if seen.path.is_none() {
+            seen.path = Some(req.url_path()?);
+        }
+        let path = seen.path.as_deref().unwrap_or_default();
+        if rule.path.as_ref().is_some_and(|exact| exact != path) {
             return Ok(false);
         }
         if rule.path_prefix.as_ref().is_some_and(|prefix| !path.starts_with(prefix.as_str())) {
             return Ok(false);
         }
     }
-    if !rule.methods.is_empty() && !rule.methods.contains(&req.method()?) {
-        return Ok(false);
+    if !rule.methods.is_empty() {
+        if seen.method.is_none() {
+            seen.method = Some(req.method()?);
+        }
+        if !rule.methods.iter().any(|m| Some(m.as_str()) == seen.method.as_deref()) {
+            return Ok(false);
+        }
     }
     for (name, expected) in &rule.headers {
         match req.header(name)? {

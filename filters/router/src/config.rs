@@ -63,6 +63,9 @@ pub struct PathMatch {
     pub value: String,
     #[serde(skip)]
     pub regex: Option<regex_lite::Regex>,
+    /// A `PathPrefix` without its trailing slashes, ready to compare (set by `prepare`).
+    #[serde(skip)]
+    pub prefix: String,
 }
 
 fn root() -> String {
@@ -223,6 +226,7 @@ pub fn prepare(config: &mut Config) -> Result<(), Error> {
             for (m, matching) in rule.matches.iter_mut().enumerate() {
                 let at = |rest: String| at(format!(".matches[{m}]{rest}"));
                 if let Some(path) = &mut matching.path {
+                    path.prefix = path.value.trim_end_matches('/').to_owned();
                     match path.kind {
                         PathMatchType::RegularExpression => {
                             path.regex = Some(full_match(&path.value).map_err(|e| at(format!(".path.value: {e}")))?)

@@ -101,19 +101,16 @@ fn path_rank(matching: &Match, path: &str) -> Option<(u8, usize)> {
     let Some(rule) = &matching.path else { return Some((2, 1)) }; // PathPrefix "/"
     match rule.kind {
         PathMatchType::Exact => (path == rule.value).then_some((3, rule.value.len())),
-        PathMatchType::PathPrefix => {
-            prefix_matches(&rule.value, path).then_some((2, rule.value.trim_end_matches('/').len() + 1))
-        }
+        PathMatchType::PathPrefix => prefix_matches(&rule.prefix, path).then_some((2, rule.prefix.len() + 1)),
         PathMatchType::RegularExpression => rule.regex.as_ref()?.is_match(path).then_some((1, rule.value.len())),
     }
 }
 
 /// Gateway API prefixes match whole path segments: `/api` matches `/api` and `/api/x`, not
-/// `/apix`; a trailing slash on the prefix is ignored.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+/// `/apix`. `prefix` comes without its trailing slashes (which Gateway API ignores).
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.as_bytes().strip_prefix(prefix.as_bytes()) {
+        Some(rest) => rest.is_empty() || rest[0] == b'/' || prefix.is_empty(),
         None => false,
     }
 }
