@@ -20,6 +20,18 @@ pub struct Config {
     /// How tokens are checked on the rules that say `require_jwt`.
     #[serde(default)]
     pub jwt: Option<Jwt>,
+    /// What of a request the rules look at (set by `prepare`): the rest is never read.
+    #[serde(skip)]
+    pub needs: Needs,
+}
+
+/// The request facts some rule uses; each read costs a host call, so unused ones are skipped.
+#[derive(Default, Clone, Copy)]
+pub struct Needs {
+    pub path: bool,
+    pub method: bool,
+    pub source_ip: bool,
+    pub principal: bool,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -221,6 +233,14 @@ pub fn prepare(config: &mut Config) -> Result<(), Error> {
             return Err(at(format!("rules[{r}].name"), format!("{:?} is used by an earlier rule", rule.name)));
         }
         names.push(&rule.name);
+    }
+    for rule in &config.rules {
+        let c = &rule.conditions;
+        let key = rule.rate_limit.as_ref().map(|limit| &limit.bucket_key);
+        config.needs.path |= !c.paths.is_empty();
+        config.needs.method |= !c.methods.is_empty();
+        config.needs.source_ip |= !c.cidrs.is_empty() || matches!(key, Some(BucketKey::SourceIp));
+        config.needs.principal |= !c.principals.is_empty() || matches!(key, Some(BucketKey::SourcePrincipal));
     }
     Ok(())
 }

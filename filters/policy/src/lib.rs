@@ -45,11 +45,12 @@ impl Filter for Policy {
                 req.remove_header(header)?;
             }
         }
+        let needs = config.needs;
         let facts = Facts {
-            path: normalize_path(&req.path()?),
-            method: req.method()?,
-            source_ip: req.source_ip()?.map(|ip| ip.to_canonical()),
-            principal: req.source_principal()?,
+            path: if needs.path { normalize_path(&req.path()?) } else { String::new() },
+            method: if needs.method { req.method()? } else { String::new() },
+            source_ip: if needs.source_ip { req.source_ip()?.map(|ip| ip.to_canonical()) } else { None },
+            principal: if needs.principal { req.source_principal()? } else { None },
         };
         let Some(rule) = first_match(&config.rules, &facts, &mut |name| req.header(name))? else {
             return match config.default {

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use weft_sdk::Result;
 
-/// What the rules look at, read once per request. Headers are read on demand.
+/// What the rules look at, read once per request, and only what some rule uses
+/// ([`crate::config::Needs`]). Headers are read on demand.
 pub struct Facts {
     /// The normalised path, without its query.
     pub path: String,

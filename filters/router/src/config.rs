@@ -9,6 +9,12 @@ use weft_sdk::Error;
 pub struct Config {
     /// The routes, in order; on equal precedence the earlier one wins.
     pub routes: Vec<Route>,
+    /// Some route names hostnames (set by `prepare`); if none does, the authority is not read.
+    #[serde(skip)]
+    pub uses_hostnames: bool,
+    /// Some match names a method (set by `prepare`).
+    #[serde(skip)]
+    pub uses_methods: bool,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +215,9 @@ pub struct Timeouts {
 
 /// Checks what serde cannot and compiles the patterns; every error names where it is.
 pub fn prepare(config: &mut Config) -> Result<(), Error> {
+    config.uses_hostnames = config.routes.iter().any(|route| !route.hostnames.is_empty());
+    config.uses_methods =
+        config.routes.iter().flat_map(|route| &route.rules).flat_map(|rule| &rule.matches).any(|m| m.method.is_some());
     for (r, route) in config.routes.iter_mut().enumerate() {
         let at = |rest: String| Error::Config(format!("routes[{r}]{rest}"));
         for (h, hostname) in route.hostnames.iter_mut().enumerate() {

@@ -30,8 +30,8 @@ impl Filter for Router {
     }
 
     fn on_request_headers(&mut self, req: &mut Request) -> Result<Action> {
-        let facts = read_facts(req)?;
         let config = self.config.clone();
+        let facts = read_facts(req, &config)?;
         let mut seen: Vec<(String, Option<String>)> = Vec::new();
         let chosen = choose(&config, &facts, &mut |name| {
             if let Some((_, value)) = seen.iter().find(|(n, _)| n == name) {
@@ -90,16 +90,18 @@ impl Filter for Router {
 
 weft_sdk::filter!(Router);
 
-fn read_facts(req: &Request) -> Result<Facts> {
+/// What the matching needs of the request: the authority and method only if some rule looks at
+/// them (each read is a host call).
+fn read_facts(req: &Request, config: &Config) -> Result<Facts> {
     let full = req.path()?;
     let (path, query) = full.split_once('?').unwrap_or((&full, ""));
-    let authority = req.authority()?.to_ascii_lowercase();
-    Ok(Facts {
-        host: strip_port(&authority).to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
-        method: req.method()?,
-    })
+    let host = if config.uses_hostnames {
+        strip_port(&req.authority()?.to_ascii_lowercase()).to_owned()
+    } else {
+        String::new()
+    };
+    let method = if config.uses_methods { req.method()? } else { String::new() };
+    Ok(Facts { host, path: path.to_owned(), query: query.to_owned(), method })
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -168,8 +170,11 @@ fn redirect_location(redirect: &Redirect, facts: &Facts, req: &Request, chosen: 
         Some(scheme) => scheme.clone(),
         None => Some(req.scheme()?).filter(|s| !s.is_empty()).unwrap_or_else(|| "http".into()),
     };
-    let host = redirect.hostname.clone().unwrap_or_else(|| facts.host.clone());
     let authority = req.authority()?;
+    let host = match &redirect.hostname {
+        Some(hostname) => hostname.clone(),
+        None => strip_port(&authority).to_ascii_lowercase(),
+    };
     let request_port = authority.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok());
     // Gateway API: with no port given, keep the request's unless the scheme changes; never
     // write the scheme's own default port.

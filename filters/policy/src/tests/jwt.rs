@@ -266,3 +266,17 @@ fn a_token_verified_once_is_still_refused_once_it_expires() {
     filter.advance(Duration::from_secs(60 + 31)); // past exp and the 30 s leeway
     assert_eq!(refusal(&filter, bearer(&token)), "token expired");
 }
+
+#[test]
+fn tokens_that_differ_in_one_byte_are_told_apart_by_the_cache() {
+    let filter = protected(hs256());
+    let token = sign(HMAC, json!({ "alg": "HS256" }), claims(&filter, json!({})));
+    let mut req = filter.request(bearer(&token));
+    assert_eq!(req.send_request_headers(), Action::Continue);
+    drop(req);
+    // The same token with its signature's last character changed: remembered? It must not be.
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(refusal(&filter, bearer(&tampered)), "bad signature");
+}
