@@ -11,11 +11,15 @@ pub struct CallId(pub u32);
 /// A callout to send with [`crate::Request::http_call`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpCall {
+    /// `GET`, `POST`, …
     pub method: String,
+    /// The path with its query.
     pub path: String,
     /// `:authority`; the cluster's name when not set.
     pub authority: Option<String>,
+    /// Headers besides the pseudo-headers.
     pub headers: Vec<(String, String)>,
+    /// The request body (empty for none).
     pub body: Vec<u8>,
     /// How long to wait for the whole answer; 5 s by default.
     pub timeout: Duration,
@@ -44,21 +48,25 @@ impl HttpCall {
         Self::new("POST", path).body(body)
     }
 
+    /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 
+    /// Sets the body.
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
         self
     }
 
+    /// Sets `:authority` (the cluster's name by default).
     pub fn authority(mut self, authority: &str) -> Self {
         self.authority = Some(authority.to_owned());
         self
     }
 
+    /// Sets how long to wait for the whole answer.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -37,19 +37,28 @@ pub enum Direction {
 /// Log levels, as Proxy-Wasm numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LogLevel {
+    /// The finest detail.
     Trace = 0,
+    /// For whoever debugs the filter.
     Debug = 1,
+    /// Normal events worth a line.
     Info = 2,
+    /// Something is off but the request goes on.
     Warn = 3,
+    /// A request or the filter failed.
     Error = 4,
+    /// The filter cannot work at all.
     Critical = 5,
 }
 
 /// The three kinds of metric a filter can define.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MetricKind {
+    /// Only goes up.
     Counter = 0,
+    /// Goes up and down.
     Gauge = 1,
+    /// A distribution of values.
     Histogram = 2,
 }
 

@@ -312,8 +312,11 @@ fn decode_number(bytes: &[u8]) -> Option<u64> {
 /// An answer made by the filter: status, headers, body, and for gRPC a `grpc-status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalResponse {
+    /// The HTTP status.
     pub status: u16,
+    /// Headers to send with it.
     pub headers: Vec<(String, String)>,
+    /// The body.
     pub body: Vec<u8>,
     /// For gRPC clients: sent as `grpc-status` (with the body as `grpc-message`, by the proxy).
     pub grpc_status: Option<u32>,

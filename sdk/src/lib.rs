@@ -50,6 +50,8 @@
 //! - [`metrics`], [`shared`] (with compare-and-swap helpers) and logging macros;
 //! - [`testing`], a native test harness.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 
 mod call;
@@ -122,7 +124,12 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     /// The host refused a call (its Proxy-Wasm status code).
-    Host { call: &'static str, status: u32 },
+    Host {
+        /// The host call, such as `proxy_http_call`.
+        call: &'static str,
+        /// Its Proxy-Wasm status (2: bad argument, 1: not found, …).
+        status: u32,
+    },
     /// A [`shared`] write lost a race: someone else changed the value since it was read.
     CasMismatch,
     /// The filter's config could not be used (the serde error, or the filter's own reason).

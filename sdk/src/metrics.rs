@@ -56,30 +56,37 @@ pub fn histogram(name: &str) -> Result<Histogram> {
 }
 
 impl Counter {
+    /// Adds one.
     pub fn increment(&self) -> Result<()> {
         host::increment_metric(self.0, 1)
     }
+    /// Adds `by`.
     pub fn add(&self, by: u64) -> Result<()> {
         host::increment_metric(self.0, i64::try_from(by).unwrap_or(i64::MAX))
     }
+    /// The count so far (across every instance of the filter).
     pub fn value(&self) -> Result<u64> {
         host::get_metric(self.0)
     }
 }
 
 impl Gauge {
+    /// Sets the value.
     pub fn set(&self, value: u64) -> Result<()> {
         host::record_metric(self.0, value)
     }
+    /// Adds `by` (negative to subtract).
     pub fn add(&self, by: i64) -> Result<()> {
         host::increment_metric(self.0, by)
     }
+    /// The value now.
     pub fn value(&self) -> Result<u64> {
         host::get_metric(self.0)
     }
 }
 
 impl Histogram {
+    /// Records one value.
     pub fn record(&self, value: u64) -> Result<()> {
         host::record_metric(self.0, value)
     }

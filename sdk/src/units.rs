@@ -10,6 +10,7 @@ use std::str::FromStr;
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
+    /// The duration itself.
     pub fn get(self) -> std::time::Duration {
         self.0
     }

@@ -12,10 +12,13 @@ use std::time::Duration;
 pub struct Callout {
     /// The id the filter got back ([`crate::CallId`]); hand it to `TestStream::reply`.
     pub id: crate::CallId,
+    /// The cluster it was sent to.
     pub cluster: String,
     /// Its headers, pseudo-headers (`:method`, `:path`, `:authority`) included.
     pub headers: Vec<(String, String)>,
+    /// Its body.
     pub body: Vec<u8>,
+    /// How long the filter said to wait.
     pub timeout: Duration,
 }
 

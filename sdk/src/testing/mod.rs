@@ -171,10 +171,12 @@ impl TestRequest {
         }
     }
 
+    /// A `GET` of `path`.
     pub fn get(path: &str) -> Self {
         Self::new("GET", path)
     }
 
+    /// A `POST` to `path`.
     pub fn post(path: &str) -> Self {
         Self::new("POST", path)
     }
@@ -217,15 +219,18 @@ pub struct TestResponse {
 }
 
 impl TestResponse {
+    /// A response with this status.
     pub fn new(status: u16) -> Self {
         TestResponse { headers: vec![(":status".into(), status.to_string())], body: Vec::new() }
     }
 
+    /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
 
+    /// Sets the body.
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
         self
