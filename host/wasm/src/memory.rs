@@ -38,7 +38,16 @@ pub fn slice(data: &[u8], ptr: u32, len: u32) -> Result<&[u8]> {
 
 /// Like [`read`], as text; invalid UTF-8 is replaced, since names and messages are for humans.
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<String> {
-    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
+    Ok(String::from_utf8(read(caller, ptr, len)?).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Guest bytes as text without a copy when they are valid UTF-8, as header names nearly always
+/// are (`from_utf8` checks a word at a time; `from_utf8_lossy` alone walks them in chunks).
+pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 pub fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> Result<()> {

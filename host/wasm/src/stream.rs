@@ -172,7 +172,7 @@ impl StreamState {
     pub fn replace_all(&mut self, map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), EditError> {
         self.headers_mut(map).ok_or(EditError::Unavailable)?.clear();
         for (key, value) in pairs {
-            self.set(map, &String::from_utf8_lossy(key), value, true)?;
+            self.set(map, &crate::memory::text(key), value, true)?;
         }
         Ok(())
     }

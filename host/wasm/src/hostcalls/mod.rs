@@ -123,7 +123,7 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
             let map = map_type(map)?;
             let value = {
                 let (data, host) = memory::split(&mut caller)?;
-                let key = String::from_utf8_lossy(memory::slice(data, key, key_len)?);
+                let key = memory::text(memory::slice(data, key, key_len)?);
                 match callout_map(host, map) {
                     Some(pairs) => {
                         pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| v.clone())
@@ -152,7 +152,7 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
             move |mut caller: Ctx, map: u32, key: u32, key_len: u32, value: u32, value_len: u32| -> Result<u32> {
                 let map = map_type(map)?;
                 let (data, host) = memory::split(&mut caller)?;
-                let key = String::from_utf8_lossy(memory::slice(data, key, key_len)?);
+                let key = memory::text(memory::slice(data, key, key_len)?);
                 let value = memory::slice(data, value, value_len)?;
                 let Some(stream) = host.stream_mut() else { return Ok(status::NOT_FOUND) };
                 edited(stream.set(map, &key, value, append))
@@ -165,7 +165,7 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         |mut caller: Ctx, map: u32, key: u32, key_len: u32| -> Result<u32> {
             let map = map_type(map)?;
             let (data, host) = memory::split(&mut caller)?;
-            let key = String::from_utf8_lossy(memory::slice(data, key, key_len)?);
+            let key = memory::text(memory::slice(data, key, key_len)?);
             let Some(stream) = host.stream_mut() else { return Ok(status::NOT_FOUND) };
             edited(stream.remove(map, &key))
         },
