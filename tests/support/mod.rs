@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod control;
 pub mod filters;
 pub mod grpc;
 pub mod upstream;

@@ -83,6 +83,20 @@ impl Config {
     /// Parses and validates a document. Relative file paths inside stay as written.
     pub fn parse(text: &str, format: Format) -> Result<Config, ConfigError> {
         let config = parse_document(text, format).map_err(|e| ConfigError::Invalid { file: None, errors: vec![e] })?;
+        Config::validated(config)
+    }
+
+    /// Validates a document that was parsed already (the control plane takes its own fields,
+    /// such as `selector`, out of an applied document and hands the rest here).
+    pub fn from_value(value: serde_json::Value) -> Result<Config, ConfigError> {
+        let config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
+            file: None,
+            errors: vec![field_error(e.path().to_string(), e.into_inner().to_string())],
+        })?;
+        Config::validated(config)
+    }
+
+    fn validated(config: Config) -> Result<Config, ConfigError> {
         let errors = validate::validate(&config);
         if errors.is_empty() {
             Ok(config)
@@ -160,15 +174,18 @@ fn parse_document(text: &str, format: Format) -> Result<Config, FieldError> {
         Format::Json => serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
             .map_err(|e| (e.path().to_string(), e.into_inner().to_string())),
     };
-    result.map_err(|(path, reason)| {
-        let path = if path == "." { String::new() } else { path };
-        // serde_yaml prefixes its messages with the enclosing mapping's path; ours is more precise.
-        let reason = match reason.split_once(": ") {
-            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_string(),
-            _ => reason,
-        };
-        FieldError::new(path, reason)
-    })
+    result.map_err(|(path, reason)| field_error(path, reason))
+}
+
+/// A deserialization error as a [`FieldError`], its path as the validation errors write paths.
+fn field_error(path: String, reason: String) -> FieldError {
+    let path = if path == "." { String::new() } else { path };
+    // serde_yaml prefixes its messages with the enclosing mapping's path; ours is more precise.
+    let reason = match reason.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_string(),
+        _ => reason,
+    };
+    FieldError::new(path, reason)
 }
 
 #[cfg(test)]

@@ -114,6 +114,17 @@ fn json_documents_parse_too() {
 }
 
 #[test]
+fn parsed_documents_are_validated_with_the_same_paths() {
+    let value = serde_json::json!({ "clusters": [{ "name": "c", "endpoints": ["127.0.0.1:99999"] }] });
+    let errors = Config::from_value(value).unwrap_err().field_errors().to_vec();
+    assert_eq!(errors[0].field, "clusters[0].endpoints[0]");
+    let value = serde_json::json!({ "listeners": [{ "name": "a", "address": "127.0.0.1:1", "colour": 1 }] });
+    let errors = Config::from_value(value).unwrap_err().field_errors().to_vec();
+    assert_eq!(errors[0].field, "listeners[0].colour");
+    assert!(errors[0].reason.starts_with("unknown field `colour`"), "{}", errors[0].reason);
+}
+
+#[test]
 fn an_empty_document_is_refused() {
     assert_eq!(errors_of("  \n"), vec!["the document is empty"]);
 }

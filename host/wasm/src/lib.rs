@@ -62,6 +62,9 @@ pub struct WasmLoader {
     instances: usize,
     /// Where compiled modules are kept across restarts (none: compile on every start).
     cache: Option<std::path::PathBuf>,
+    /// Where modules named by digest (`sha256:<hex>`, pushed to a control plane) are found, as
+    /// `<hex>.wasm`; none: such names are refused.
+    module_store: Option<std::path::PathBuf>,
     compiled: Mutex<HashMap<String, Arc<module::FilterModule>>>,
     /// Per filter name, so data and metric ids survive reloads.
     shared: Mutex<HashMap<String, shared::FilterState>>,
@@ -77,10 +80,39 @@ impl WasmLoader {
             engine,
             instances,
             cache,
+            module_store: None,
             compiled: Mutex::default(),
             shared: Mutex::default(),
             queues: Arc::default(),
         })
+    }
+
+    /// Resolves `sha256:<hex>` module names to `<dir>/<hex>.wasm` (a managed proxy's copies of
+    /// the modules its control plane sent).
+    pub fn with_module_store(mut self, dir: std::path::PathBuf) -> WasmLoader {
+        self.module_store = Some(dir);
+        self
+    }
+
+    /// The bytes of a filter's module: its file, or by digest from the module store (checked
+    /// against the digest, so a damaged copy is refused rather than run).
+    fn module_bytes(&self, name: &str) -> Result<Vec<u8>, String> {
+        let Some(hex) = name.strip_prefix("sha256:") else {
+            return std::fs::read(name).map_err(|e| format!("cannot read {name}: {e}"));
+        };
+        let Some(store) = &self.module_store else {
+            return Err("modules by digest come from a control plane; give a file path".into());
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{name}: not a sha256 digest (64 hex digits)"));
+        }
+        let path = store.join(format!("{}.wasm", hex.to_ascii_lowercase()));
+        let bytes = std::fs::read(&path).map_err(|e| format!("{name}: not in the module store ({e})"))?;
+        use sha2::Digest;
+        if !hex::encode(sha2::Sha256::digest(&bytes)).eq_ignore_ascii_case(hex) {
+            return Err(format!("{name}: the stored copy does not match its digest"));
+        }
+        Ok(bytes)
     }
 
     fn module(&self, bytes: &[u8]) -> Result<Arc<module::FilterModule>, String> {
@@ -100,14 +132,8 @@ impl WasmLoader {
         at: &str,
         host: &FilterHost,
     ) -> Result<Arc<dyn HttpFilter>, FieldError> {
-        if filter.module.starts_with("sha256:") {
-            return Err(FieldError::new(
-                format!("{at}.module"),
-                "modules by digest come from a control plane; give a file path",
-            ));
-        }
-        let bytes = std::fs::read(&filter.module)
-            .map_err(|e| FieldError::new(format!("{at}.module"), format!("cannot read {}: {e}", filter.module)))?;
+        let bytes =
+            self.module_bytes(&filter.module).map_err(|reason| FieldError::new(format!("{at}.module"), reason))?;
         let module = self
             .module(&bytes)
             .map_err(|reason| FieldError::new(format!("{at}.module"), format!("{}: {reason}", filter.module)))?;
@@ -159,5 +185,32 @@ impl FilterLoader for WasmLoader {
         } else {
             Err(errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WasmLoader;
+    use sha2::Digest;
+
+    #[test]
+    fn modules_by_digest_come_from_the_store_and_must_match_it() {
+        let store = std::env::temp_dir().join(format!("weft-module-store-{}", std::process::id()));
+        std::fs::create_dir_all(&store).unwrap();
+        let bytes = b"\0asm pretend module".to_vec();
+        let hex = hex::encode(sha2::Sha256::digest(&bytes));
+        std::fs::write(store.join(format!("{hex}.wasm")), &bytes).unwrap();
+        let unmanaged = WasmLoader::new(1, None).unwrap();
+        let refused = unmanaged.module_bytes(&format!("sha256:{hex}")).unwrap_err();
+        assert!(refused.contains("come from a control plane"), "{refused}");
+
+        let managed = WasmLoader::new(1, None).unwrap().with_module_store(store.clone());
+        assert_eq!(managed.module_bytes(&format!("sha256:{hex}")).unwrap(), bytes);
+        let missing = managed.module_bytes(&format!("sha256:{}", "0".repeat(64))).unwrap_err();
+        assert!(missing.contains("not in the module store"), "{missing}");
+        std::fs::write(store.join(format!("{hex}.wasm")), b"tampered").unwrap();
+        let damaged = managed.module_bytes(&format!("sha256:{hex}")).unwrap_err();
+        assert!(damaged.contains("does not match its digest"), "{damaged}");
+        std::fs::remove_dir_all(&store).unwrap();
     }
 }

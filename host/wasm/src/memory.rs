@@ -38,7 +38,8 @@ pub fn slice(data: &[u8], ptr: u32, len: u32) -> Result<&[u8]> {
 
 /// Like [`read`], as text; invalid UTF-8 is replaced, since names and messages are for humans.
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<String> {
-    Ok(String::from_utf8(read(caller, ptr, len)?).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    Ok(String::from_utf8(read(caller, ptr, len)?)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Guest bytes as text without a copy when they are valid UTF-8, as header names nearly always

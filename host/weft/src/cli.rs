@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use weft_config::Duration;
+use weft_config::{ByteSize, Duration};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,112 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Run everything on localhost to try weft: a demo upstream and a proxy in front of it.
     Up(UpArgs),
+    /// Run the control plane: it stores filter modules and config versions and serves them.
+    ///
+    /// The first start makes an admin token, writes it to DATA/admin-token and prints it once.
+    /// SIGTERM or Ctrl-C stop it; everything acknowledged is on disk already.
+    Control(ControlArgs),
+    /// Filter modules on a control plane.
+    Module(ModuleArgs),
+    /// Apply config resources (YAML or JSON) on a control plane, atomically, as a new version.
+    ///
+    /// The document is validated whole first; nothing changes when any of it is wrong. Filters
+    /// name modules by digest (sha256:<hex>, as `weft module push` prints it).
+    Apply(ApplyArgs),
+    /// Show what a control plane holds, as a table or JSON.
+    Get(GetArgs),
+    /// Make an earlier config version current again (as a new version: history only grows).
+    Rollback(RollbackArgs),
+}
+
+/// The control plane's data dir when `--data` is not given (relative to the working folder).
+pub const DEFAULT_DATA_DIR: &str = "weft-data";
+
+#[derive(Args)]
+pub struct ControlArgs {
+    /// Where the store (modules, config versions) and the admin token are kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
+    /// Where the API listens (REST, and gRPC for proxies, on one port).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// The largest module `weft module push` may upload (413 beyond).
+    #[arg(long, default_value = "32MiB")]
+    pub max_module_size: ByteSize,
+}
+
+/// How a command reaches the control plane.
+#[derive(Args)]
+pub struct RemoteArgs {
+    /// The control plane's URL.
+    #[arg(long, env = "WEFT_CONTROL", default_value = "http://127.0.0.1:7700")]
+    pub control: String,
+    /// The admin token. Without it, a control plane on this machine is asked with the token in
+    /// ./weft-data/admin-token, when that file exists.
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ModuleArgs {
+    #[command(subcommand)]
+    pub command: ModuleCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ModuleCommand {
+    /// Upload a Proxy-Wasm module; prints its digest (sha256:<hex>) for configs to name it by.
+    Push {
+        /// The module (.wasm).
+        file: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The config document (YAML, or JSON when it ends in .json); `-` reads standard input.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// What to show.
+    #[arg(value_enum)]
+    pub what: GetWhat,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GetWhat {
+    /// The stored modules and the filters that use them.
+    Modules,
+    /// The current config version and its resources.
+    Config,
+    /// The config version history.
+    Versions,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The version to make current again (see `weft get versions`).
+    pub version: u64,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Args)]

@@ -1,9 +1,13 @@
 //! The `weft` binary: command-line parsing and wiring. The work happens in the library crates.
 
 mod cli;
+mod client;
+mod control_cmd;
 mod demo_upstream;
 mod logging;
 mod proxy_cmd;
+mod remote_cmd;
+mod table;
 mod up;
 
 use clap::Parser;
@@ -36,6 +40,13 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Proxy(args) => proxy_cmd::run(args, workers).await,
             cli::Command::Up(args) => up::run(args).await,
+            cli::Command::Control(args) => control_cmd::run(args).await,
+            cli::Command::Module(cli::ModuleArgs { command: cli::ModuleCommand::Push { file, remote } }) => {
+                remote_cmd::push(&file, &remote).await
+            }
+            cli::Command::Apply(args) => remote_cmd::apply(&args).await,
+            cli::Command::Get(args) => remote_cmd::get(&args).await,
+            cli::Command::Rollback(args) => remote_cmd::rollback(&args).await,
         }
     });
     match outcome {
