@@ -122,9 +122,20 @@ impl Control {
 
     /// SIGKILL (no chance to clean up), then a new process on the same data dir and port.
     pub async fn kill_and_restart(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// SIGKILL: the control plane is gone until [`Control::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// A new process on the same data dir and port, after [`Control::kill`].
+    pub async fn restart(&mut self) {
         self.spawn().await;
     }
 

@@ -3,10 +3,14 @@
 //! crash-safe store, and serves them over a REST API guarded by an admin token.
 //!
 //! [`ControlPlane`] holds the state and the operations; [`api`] is the REST layer over it;
-//! [`server::serve`] is the port, where the gRPC distribution to proxies will sit beside REST.
-//! Those who push config to proxies learn of new versions from [`ControlPlane::subscribe`].
+//! [`server::serve`] is the port, where the gRPC [`distribution`] to proxies sits beside REST;
+//! it learns of new versions from [`ControlPlane::subscribe`].
+
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
 
 pub mod api;
+pub mod distribution;
 mod error;
 pub mod modules;
 pub mod openapi;

@@ -134,6 +134,28 @@ pub fn document() -> Value {
                         "409": error("that version loads a module since deleted, or is no longer valid")
                     }
                 }
+            },
+            "/v1/proxies": {
+                "get": {
+                    "summary": "The proxies that connected since the control plane started: labels, the version each acknowledged, the one pending, and the last it refused and why",
+                    "responses": {
+                        "200": { "description": "the proxies", "content": { "application/json": { "schema": {
+                            "type": "object",
+                            "properties": { "proxies": { "type": "array", "items": { "type": "object", "properties": {
+                                "node": { "type": "string" },
+                                "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                                "connected": { "type": "boolean" },
+                                "connected_at": { "type": "string", "format": "date-time" },
+                                "version": { "type": "integer", "description": "the version it acknowledged last" },
+                                "pending_version": { "type": ["integer", "null"] },
+                                "last_rejection": { "type": ["object", "null"], "properties": {
+                                    "version": { "type": "integer" }, "reason": { "type": "string" },
+                                    "at": { "type": "string", "format": "date-time" } } }
+                            } } } }
+                        } } } },
+                        "401": error("no or wrong token")
+                    }
+                }
             }
         },
         "components": {

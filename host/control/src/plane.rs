@@ -65,6 +65,8 @@ pub struct ControlPlane {
     validator: ModuleValidator,
     /// The current config version (0: none yet); changes after each commit.
     current: watch::Sender<u64>,
+    /// The proxies that connected, and what they run.
+    proxies: crate::distribution::Proxies,
 }
 
 impl ControlPlane {
@@ -75,7 +77,8 @@ impl ControlPlane {
         let (token, origin) = AdminToken::load_or_create(&store, &settings.data_dir)?;
         let validator = ModuleValidator::new().map_err(OpenError::Wasm)?;
         let (current, _) = watch::channel(store.current_version()?);
-        Ok((Arc::new(ControlPlane { settings, store, token, validator, current }), origin))
+        let proxies = crate::distribution::Proxies::new();
+        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies }), origin))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -85,6 +88,11 @@ impl ControlPlane {
     /// The store, for readers that need more than the operations here (the distribution).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The proxies that connected since the control plane started.
+    pub fn proxies(&self) -> &crate::distribution::Proxies {
+        &self.proxies
     }
 
     /// The current config version, updated after every commit (apply or rollback). A watcher

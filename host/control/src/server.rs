@@ -1,10 +1,11 @@
 //! The control plane's one port: HTTP/1.1 and HTTP/2 (h2c) on the same listener, so REST
-//! clients and (next) the proxies' gRPC streams share it. Requests are told apart by their
+//! clients and the proxies' gRPC streams share it. Requests are told apart by their
 //! content type: `application/grpc…` goes to the gRPC service, everything else to REST.
 
-use crate::api::{self, full, Body};
+use crate::api::{self, Body};
 use crate::plane::ControlPlane;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -40,7 +41,7 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: im
         let plane = plane.clone();
         let service = hyper::service::service_fn(move |request| {
             let plane = plane.clone();
-            async move { Ok::<_, Infallible>(dispatch(&plane, request, peer).await) }
+            async move { Ok::<_, Infallible>(dispatch(plane, request, peer).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
@@ -56,14 +57,13 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: im
     }
 }
 
-/// Sends a request to REST or to gRPC.
-async fn dispatch(plane: &ControlPlane, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Sends a request to REST or to gRPC (the proxies' [`crate::distribution`]).
+async fn dispatch(plane: Arc<ControlPlane>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if is_grpc(&request) {
-        // The seam for the distribution service: a tonic server (`tonic::service::Routes`, its
-        // body boxed into `Body`) is called here. Until then, gRPC clients hear UNIMPLEMENTED.
-        return grpc_unimplemented();
+        let response = crate::distribution::serve(plane, request).await;
+        return response.map(|body| body.map_err(|status| Box::new(status) as api::BoxError).boxed_unsync());
     }
-    api::handle(plane, request, peer).await
+    api::handle(&plane, request, peer).await
 }
 
 fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -72,14 +72,4 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|content_type| content_type.starts_with("application/grpc"))
-}
-
-/// A trailers-only gRPC answer: status 12, UNIMPLEMENTED.
-fn grpc_unimplemented() -> Response<Body> {
-    let mut response = Response::new(full(bytes::Bytes::new()));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from_static("12"));
-    headers.insert("grpc-message", HeaderValue::from_static("this control plane serves no gRPC service yet"));
-    response
 }

@@ -39,10 +39,13 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run a proxy from a static config file.
+    /// Run a proxy, from a static config file (--config) or following a control plane (--control).
     ///
-    /// The file is re-read on SIGHUP and whenever it changes; an invalid file is refused and the
-    /// running config stays. SIGTERM or Ctrl-C drain: stop accepting, finish in-flight requests.
+    /// A file is re-read on SIGHUP and whenever it changes; an invalid file is refused and the
+    /// running config stays. With --control, each version the control plane sends is prepared
+    /// whole, swapped in and acknowledged (or refused with the reason); the last good one is kept
+    /// in --data and served while the control plane is away. SIGTERM or Ctrl-C drain: stop
+    /// accepting, finish in-flight requests.
     Proxy(ProxyArgs),
     /// Run everything on localhost to try weft: a demo upstream and a proxy in front of it.
     Up(UpArgs),
@@ -138,6 +141,8 @@ pub enum GetWhat {
     Config,
     /// The config version history.
     Versions,
+    /// The proxies that connected: labels, the version each runs, the last it refused.
+    Proxies,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,8 +162,24 @@ pub struct RollbackArgs {
 #[derive(Args)]
 pub struct ProxyArgs {
     /// The config file (YAML, or JSON when it ends in .json).
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "control", conflicts_with = "control")]
+    pub config: Option<PathBuf>,
+    /// Take config from this control plane instead of a file (its gRPC port, e.g.
+    /// http://127.0.0.1:7700); keeps serving its last config while it is away.
+    #[arg(long, value_name = "URL")]
+    pub control: Option<String>,
+    /// The control plane's token (with --control).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, requires = "control")]
+    pub token: Option<String>,
+    /// This proxy's name at the control plane (with --control; default: the host name).
+    #[arg(long, value_name = "ID", requires = "control")]
+    pub node: Option<String>,
+    /// A label the control plane's selectors match, as KEY=VALUE (repeatable; with --control).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, requires = "control")]
+    pub labels: Vec<(String, String)>,
+    /// Where a managed proxy keeps its last acknowledged config and modules (with --control).
+    #[arg(long, value_name = "DIR", default_value = "weft-proxy-data")]
+    pub data: PathBuf,
     /// Where the admin API listens (/ready, /metrics, /config, /clusters).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
@@ -185,4 +206,11 @@ pub struct UpArgs {
     /// Where the demo upstream listens.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub upstream: SocketAddr,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE, e.g. env=prod")),
+    }
 }

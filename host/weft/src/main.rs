@@ -5,6 +5,7 @@ mod client;
 mod control_cmd;
 mod demo_upstream;
 mod logging;
+mod managed;
 mod proxy_cmd;
 mod remote_cmd;
 mod table;

@@ -1,4 +1,5 @@
-//! `weft proxy --config FILE`: a proxy from a static file, reloaded on SIGHUP and on change.
+//! `weft proxy`: a proxy from a static file (`--config`, reloaded on SIGHUP and on change) or
+//! managed by a control plane (`--control`, see `managed`).
 
 use crate::cli::ProxyArgs;
 use crate::Failure;
@@ -14,11 +15,21 @@ use weft_proxy::Proxy;
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
-    let config = Config::load(&args.config).map_err(|e| Failure::Invalid(e.to_string()))?;
+    let managed = match &args.control {
+        Some(control) => Some(managed_settings(&args, control)?),
+        None => None,
+    };
+    let file_config = match (&args.config, &managed) {
+        (Some(path), _) => Some((path.clone(), Config::load(path).map_err(|e| Failure::Invalid(e.to_string()))?)),
+        _ => None,
+    };
     if args.check {
+        let Some((path, config)) = &file_config else {
+            return Err(Failure::Invalid("--check checks a config file: give --config FILE".into()));
+        };
         println!(
             "{}: valid ({} listeners, {} clusters)",
-            args.config.display(),
+            path.display(),
             config.listeners.len(),
             config.clusters.len()
         );
@@ -27,22 +38,63 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
     let signals = Signals::install()?;
     // One warm instance per worker thread and filter: calls never wait on each other for long.
     let cache = args.cache_dir.clone().or_else(default_cache_dir);
-    let loader = weft_wasm::WasmLoader::new(workers, cache).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    let mut loader = weft_wasm::WasmLoader::new(workers, cache).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    if let Some(settings) = &managed {
+        loader = loader.with_module_store(settings.module_dir());
+    }
     let proxy = Proxy::new(args.drain_timeout.get(), Some(Arc::new(loader))).await;
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot bind the admin API on {}", args.admin))?;
-    proxy.apply(config).await.map_err(|e| {
-        Failure::Invalid(
-            e.errors.iter().map(|e| format!("{}: {e}", args.config.display())).collect::<Vec<_>>().join("\n"),
-        )
-    })?;
-    tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
-    for (name, address) in sorted(proxy.bound_addresses()) {
-        tracing::info!(listener = %name, %address, "listening");
+    if let Some((path, config)) = file_config {
+        proxy.apply(config).await.map_err(|e| {
+            Failure::Invalid(e.errors.iter().map(|e| format!("{}: {e}", path.display())).collect::<Vec<_>>().join("\n"))
+        })?;
+        tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
+        for (name, address) in sorted(proxy.bound_addresses()) {
+            tracing::info!(listener = %name, %address, "listening");
+        }
+        tracing::info!(admin = %args.admin, "admin API listening");
+        return serve_until_stopped(proxy, &path, signals).await;
     }
+    let Some(settings) = managed else { unreachable!("clap requires --config or --control") };
+    tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
     tracing::info!(admin = %args.admin, "admin API listening");
-    serve_until_stopped(proxy, &args.config, signals).await
+    let follower = tokio::spawn(crate::managed::run(proxy.clone(), settings));
+    let Signals { mut terminate, mut interrupt, .. } = signals;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    follower.abort();
+    tracing::info!("shutting down: draining open connections");
+    proxy.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn managed_settings(args: &ProxyArgs, control: &str) -> Result<crate::managed::Settings, Failure> {
+    let uri: http::Uri =
+        control.parse().map_err(|e| Failure::Invalid(format!("--control {control:?}: not a URL: {e}")))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(Failure::Invalid(format!(
+            "--control {control:?}: expected http://HOST:PORT, e.g. http://127.0.0.1:7700"
+        )));
+    }
+    let node = match &args.node {
+        Some(node) if !node.is_empty() => node.clone(),
+        _ => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+    };
+    if node.is_empty() {
+        return Err(Failure::Invalid("--node: give this proxy a name (no host name to use)".into()));
+    }
+    Ok(crate::managed::Settings {
+        control: uri,
+        token: args.token.clone(),
+        node,
+        labels: args.labels.iter().cloned().collect(),
+        data: args.data.clone(),
+    })
 }
 
 /// `$XDG_CACHE_HOME/weft/modules`, else `~/.cache/weft/modules`; none without a home.

@@ -111,6 +111,7 @@ pub async fn get(args: &GetArgs) -> Result<(), Failure> {
         GetWhat::Modules => "/v1/modules",
         GetWhat::Config => "/v1/config",
         GetWhat::Versions => "/v1/config/versions",
+        GetWhat::Proxies => "/v1/proxies",
     };
     let answer = client.get(path).await?.json()?;
     let text = match args.output {
@@ -119,6 +120,7 @@ pub async fn get(args: &GetArgs) -> Result<(), Failure> {
             GetWhat::Modules => modules_table(&answer),
             GetWhat::Config => config_table(&answer),
             GetWhat::Versions => versions_table(&answer),
+            GetWhat::Proxies => proxies_table(&answer),
         },
     };
     print!("{text}");
@@ -154,6 +156,33 @@ fn modules_table(answer: &Value) -> String {
         })
         .collect();
     table::render(&["DIGEST", "SIZE", "UPLOADED", "USED BY"], &rows)
+}
+
+fn proxies_table(answer: &Value) -> String {
+    let proxies = answer["proxies"].as_array().cloned().unwrap_or_default();
+    if proxies.is_empty() {
+        return "no proxy has connected; start one with `weft proxy --control URL --node NAME`\n".into();
+    }
+    let rows: Vec<Vec<String>> = proxies
+        .iter()
+        .map(|p| {
+            let labels = p["labels"].as_object().map_or_else(String::new, |labels| {
+                labels.iter().map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(",")
+            });
+            let rejection = match &p["last_rejection"] {
+                Value::Null => String::new(),
+                refused => format!("version {}: {}", text(&refused["version"]), text(&refused["reason"])),
+            };
+            vec![
+                text(&p["node"]),
+                if p["connected"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
+                labels,
+                text(&p["version"]),
+                rejection,
+            ]
+        })
+        .collect();
+    table::render(&["NODE", "CONNECTED", "LABELS", "VERSION", "LAST REJECTION"], &rows)
 }
 
 fn versions_table(answer: &Value) -> String {

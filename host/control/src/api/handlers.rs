@@ -80,6 +80,7 @@ where
             let format = format_of(content_type.as_deref(), text);
             Ok(applied(plane.apply(text, format, author()?).await?))
         }
+        Endpoint::ListProxies => Ok(json_response(StatusCode::OK, &plane.proxies().to_json())),
         Endpoint::ListVersions => {
             let (versions, current) = plane.versions().await?;
             let versions: Vec<Value> = versions.iter().map(|v| v.summary_json(current)).collect();

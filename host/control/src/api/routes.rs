@@ -16,6 +16,7 @@ pub enum Endpoint {
     ApplyConfig,
     ListVersions,
     Rollback,
+    ListProxies,
 }
 
 /// A method and a path pattern; `{name}` matches one path segment.
@@ -44,6 +45,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/config", Endpoint::ApplyConfig),
     route(Method::GET, "/v1/config/versions", Endpoint::ListVersions),
     route(Method::POST, "/v1/config/rollback", Endpoint::Rollback),
+    route(Method::GET, "/v1/proxies", Endpoint::ListProxies),
 ];
 
 /// What a request's method and path matched.
