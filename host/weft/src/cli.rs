@@ -47,7 +47,8 @@ pub enum Command {
     /// in --data and served while the control plane is away. SIGTERM or Ctrl-C drain: stop
     /// accepting, finish in-flight requests.
     Proxy(ProxyArgs),
-    /// Run everything on localhost to try weft: a demo upstream and a proxy in front of it.
+    /// Run everything on localhost to try weft: a control plane, a proxy following it, demo
+    /// upstreams, and the built-in router, policy and chaos filters deployed through it.
     Up(UpArgs),
     /// Run the control plane: it stores filter modules and config versions and serves them.
     ///
@@ -206,6 +207,20 @@ pub struct UpArgs {
     /// Where the demo upstream listens.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub upstream: SocketAddr,
+    /// Where the second demo upstream (the canary of the traffic split) listens.
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub canary: SocketAddr,
+    /// Where the control plane listens (REST and gRPC).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub control: SocketAddr,
+    /// Where the control plane keeps its store and admin token, and the proxy its copy of the
+    /// config: the same folder `weft get …` reads the token from by default.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
+    /// A folder with the built-in filters already built (weft_router.wasm, weft_policy.wasm,
+    /// weft_chaos.wasm); without it they are built from weft's source tree.
+    #[arg(long, value_name = "DIR", env = "WEFT_UP_FILTERS")]
+    pub filters: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
