@@ -133,6 +133,140 @@ pub struct Cluster {
     /// Idle keep-alive connections kept per endpoint; more are closed when they fall idle.
     #[serde(default = "defaults::max_idle_connections")]
     pub max_idle_connections: u32,
+    /// Retrying requests that failed in ways a second try may fix; none: no retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Limits past which requests are refused with 503 `overloaded` instead of queued.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+    /// Probing each endpoint; failing ones take no requests until they pass again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Ejecting endpoints that fail real requests, for a growing while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// `retries:` of a cluster.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Tries after the first (so `attempts: 2` means up to three tries).
+    #[serde(default = "defaults::retry_attempts")]
+    pub attempts: u32,
+    /// What is retried: `connect-failure`, `reset`, `timeout` (a try's `per_try_timeout`),
+    /// `grpc-unavailable`, and HTTP statuses as text (`"503"`) or classes (`"5xx"`).
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<String>,
+    /// One try's limit; the cluster's `request_timeout` still bounds the whole request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// The wait before the first retry, doubled for each further one (with jitter), up to `max_backoff`.
+    #[serde(default = "defaults::retry_backoff")]
+    pub backoff: Duration,
+    #[serde(default = "defaults::retry_max_backoff")]
+    pub max_backoff: Duration,
+    /// Retries in flight may be at most this share of the cluster's active requests (at least
+    /// one is always allowed), so that retries cannot multiply an outage.
+    #[serde(default = "defaults::retry_budget_percent")]
+    pub budget_percent: u32,
+    /// A request body is kept for a retry up to this size; larger ones are not retried once sent.
+    #[serde(default = "defaults::retry_body_limit")]
+    pub max_replay_body: ByteSize,
+}
+
+/// One `retry_on` condition, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOn {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    GrpcUnavailable,
+    Status(u16),
+    /// `5xx`: the hundreds digit.
+    StatusClass(u16),
+}
+
+impl RetryOn {
+    pub fn parse(text: &str) -> Option<RetryOn> {
+        Some(match text {
+            "connect-failure" => RetryOn::ConnectFailure,
+            "reset" => RetryOn::Reset,
+            "timeout" => RetryOn::Timeout,
+            "grpc-unavailable" => RetryOn::GrpcUnavailable,
+            class if class.len() == 3 && class.ends_with("xx") => {
+                let hundreds = class[..1].parse::<u16>().ok().filter(|h| (1..=5).contains(h))?;
+                RetryOn::StatusClass(hundreds)
+            }
+            status => RetryOn::Status(status.parse().ok().filter(|s| (100..=599).contains(s))?),
+        })
+    }
+}
+
+impl Retries {
+    /// The parsed `retry_on`; validation guarantees each parses.
+    pub fn conditions(&self) -> Vec<RetryOn> {
+        self.retry_on.iter().filter_map(|c| RetryOn::parse(c)).collect()
+    }
+}
+
+/// `circuit_breaker:` of a cluster.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Connections open to the cluster's endpoints at once.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_connections: u32,
+    /// Requests waiting for a connection at once.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_pending: u32,
+    /// Requests in flight to the cluster at once.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_requests: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        let limit = defaults::breaker_limit();
+        CircuitBreaker { max_connections: limit, max_pending: limit, max_requests: limit }
+    }
+}
+
+/// `health_check:` of a cluster: an HTTP `GET path` (healthy on a 2xx) or, without `path`, a TCP
+/// connect, every `interval`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    /// Failed checks in a row that make a healthy endpoint unhealthy.
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that make an unhealthy endpoint healthy again.
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+/// `outlier_detection:` of a cluster.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx answers in a row that eject an endpoint.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_5xx: u32,
+    /// Connection failures in a row that eject an endpoint.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_connect_failures: u32,
+    /// The first ejection's length; each further ejection of the same endpoint lasts one more.
+    #[serde(default = "defaults::base_ejection")]
+    pub base_ejection: Duration,
+    /// Never more than this share of the cluster's endpoints ejected at once.
+    #[serde(default = "defaults::max_ejection_percent")]
+    pub max_ejection_percent: u32,
 }
 
 mod defaults {
@@ -148,6 +282,48 @@ mod defaults {
     }
     pub fn max_idle_connections() -> u32 {
         256
+    }
+    pub fn retry_attempts() -> u32 {
+        2
+    }
+    pub fn retry_on() -> Vec<String> {
+        vec!["connect-failure".into(), "reset".into()]
+    }
+    pub fn retry_backoff() -> Duration {
+        Duration::from_millis(25)
+    }
+    pub fn retry_max_backoff() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn retry_budget_percent() -> u32 {
+        20
+    }
+    pub fn retry_body_limit() -> crate::units::ByteSize {
+        crate::units::ByteSize(64 * 1024)
+    }
+    pub fn breaker_limit() -> u32 {
+        1024
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+    pub fn healthy_threshold() -> u32 {
+        2
+    }
+    pub fn consecutive_failures() -> u32 {
+        5
+    }
+    pub fn base_ejection() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_ejection_percent() -> u32 {
+        50
     }
 }
 

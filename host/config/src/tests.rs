@@ -160,3 +160,58 @@ fn equal_configs_have_equal_digests() {
     assert_ne!(a.digest(), c.digest());
     assert!(a.digest().starts_with("sha256:"));
 }
+
+const RESILIENT: &str = r#"
+listeners:
+  - { name: public, address: "127.0.0.1:8080", cluster: web }
+clusters:
+  - name: web
+    endpoints: ["127.0.0.1:3000", "127.0.0.1:3001"]
+    retries: { attempts: 3, retry_on: [connect-failure, reset, "503", 5xx, grpc-unavailable], per_try_timeout: 200ms, budget_percent: 25 }
+    circuit_breaker: { max_connections: 100, max_pending: 10, max_requests: 50 }
+    health_check: { path: /healthz, interval: 2s, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1 }
+    outlier_detection: { consecutive_5xx: 3, base_ejection: 10s, max_ejection_percent: 50 }
+"#;
+
+#[test]
+fn resilience_settings_parse_with_their_defaults() {
+    let config = Config::parse(RESILIENT, Format::Yaml).unwrap();
+    let web = &config.clusters[0];
+    let retries = web.retries.as_ref().unwrap();
+    assert_eq!(
+        retries.conditions(),
+        [
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::Status(503),
+            RetryOn::StatusClass(5),
+            RetryOn::GrpcUnavailable
+        ]
+    );
+    assert_eq!((retries.attempts, retries.budget_percent), (3, 25));
+    assert_eq!(retries.max_replay_body.bytes(), 64 * 1024, "the default");
+    assert_eq!(web.circuit_breaker.max_pending, 10);
+    assert_eq!(web.health_check.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+    assert_eq!(web.outlier_detection.as_ref().unwrap().consecutive_connect_failures, 5, "the default");
+    let plain = Config::parse(GOOD, Format::Yaml).unwrap();
+    assert_eq!(plain.clusters[0].circuit_breaker.max_requests, 1024, "a breaker is always there");
+    assert!(plain.clusters[0].retries.is_none() && plain.clusters[0].health_check.is_none());
+}
+
+#[test]
+fn bad_resilience_settings_name_their_field() {
+    let errors =
+        errors_of(&RESILIENT.replace("grpc-unavailable]", "sometimes]").replace("max_pending: 10", "max_pending: 0"));
+    assert!(
+        errors.iter().any(|e| e.starts_with("clusters[0].retries.retry_on[4]: \"sometimes\" is not a retry condition")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e == "clusters[0].circuit_breaker.max_pending: must be at least 1"), "{errors:?}");
+    let errors = errors_of(
+        &RESILIENT
+            .replace("path: /healthz", "path: healthz")
+            .replace("max_ejection_percent: 50", "max_ejection_percent: 150"),
+    );
+    assert!(errors.iter().any(|e| e == "clusters[0].health_check.path: must start with /"), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("clusters[0].outlier_detection.max_ejection_percent")), "{errors:?}");
+}

@@ -148,6 +148,74 @@ fn validate_cluster(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(format!("{at}.{field}"), "must be more than zero"));
         }
     }
+    validate_resilience(cluster, at, errors);
+}
+
+/// `retries`, `circuit_breaker`, `health_check` and `outlier_detection` of a cluster.
+fn validate_resilience(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
+    let mut error = |field: String, reason: String| errors.push(FieldError::new(format!("{at}.{field}"), reason));
+    if let Some(retries) = &cluster.retries {
+        for (k, condition) in retries.retry_on.iter().enumerate() {
+            if crate::RetryOn::parse(condition).is_none() {
+                error(
+                    format!("retries.retry_on[{k}]"),
+                    format!(
+                        "{condition:?} is not a retry condition: connect-failure, reset, timeout, grpc-unavailable,                          an HTTP status (\"503\") or a class (\"5xx\")"
+                    ),
+                );
+            }
+        }
+        if retries.per_try_timeout.is_some_and(|t| t.get().is_zero()) {
+            error("retries.per_try_timeout".into(), "must be more than zero".into());
+        }
+        if retries.budget_percent == 0 || retries.budget_percent > 100 {
+            error(
+                "retries.budget_percent".into(),
+                format!("{} is not a percentage from 1 to 100", retries.budget_percent),
+            );
+        }
+        if retries.max_backoff < retries.backoff {
+            error("retries.max_backoff".into(), "must not be shorter than backoff".into());
+        }
+    }
+    let breaker = &cluster.circuit_breaker;
+    for (field, value) in [
+        ("max_connections", breaker.max_connections),
+        ("max_pending", breaker.max_pending),
+        ("max_requests", breaker.max_requests),
+    ] {
+        if value == 0 {
+            error(format!("circuit_breaker.{field}"), "must be at least 1".into());
+        }
+    }
+    if let Some(check) = &cluster.health_check {
+        if check.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            error("health_check.path".into(), "must start with /".into());
+        }
+        if check.interval.get().is_zero() || check.timeout.get().is_zero() {
+            error("health_check".into(), "interval and timeout must be more than zero".into());
+        }
+        if check.healthy_threshold == 0 || check.unhealthy_threshold == 0 {
+            error("health_check".into(), "healthy_threshold and unhealthy_threshold must be at least 1".into());
+        }
+    }
+    if let Some(outlier) = &cluster.outlier_detection {
+        if outlier.consecutive_5xx == 0 || outlier.consecutive_connect_failures == 0 {
+            error(
+                "outlier_detection".into(),
+                "consecutive_5xx and consecutive_connect_failures must be at least 1".into(),
+            );
+        }
+        if outlier.base_ejection.get().is_zero() {
+            error("outlier_detection.base_ejection".into(), "must be more than zero".into());
+        }
+        if outlier.max_ejection_percent > 100 {
+            error(
+                "outlier_detection.max_ejection_percent".into(),
+                format!("{} is more than 100", outlier.max_ejection_percent),
+            );
+        }
+    }
 }
 
 /// Accepts `host:port` and `[v6]:port` with a port in 1..=65535.

@@ -30,6 +30,21 @@ pub struct Endpoint {
     pub connector: Option<Connector>,
 }
 
+/// How one try of a request at an endpoint ended, as outlier detection counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An answer below 500.
+    Success,
+    /// A 5xx answer from the endpoint.
+    ServerError,
+    /// No connection could be made.
+    ConnectFailure,
+    /// The connection was reset or closed before the answer.
+    Reset,
+    /// No answer within the try's time limit.
+    Timeout,
+}
+
 /// Counts a request as in flight on its endpoint until dropped.
 pub struct InFlight(Arc<Endpoint>);
 
@@ -46,6 +61,16 @@ impl Endpoint {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Records how a try at this endpoint ended (for passive outlier detection).
+    pub fn record(&self, outcome: Outcome) {
+        let _ = outcome;
+    }
+
+    /// Whether the endpoint may take requests: healthy by its checks and not ejected.
+    pub fn available(&self) -> bool {
+        true
     }
 
     pub fn start_request(self: &Arc<Self>) -> InFlight {
@@ -126,6 +151,18 @@ impl Cluster {
     /// The endpoint for a request whose hash key (ring_hash only) is `hash`.
     pub fn pick(&self, hash: u64) -> &Arc<Endpoint> {
         &self.endpoints[self.balancer.pick(&self.endpoints, hash)]
+    }
+
+    /// An available endpoint for a request, other than those in `avoid` (endpoints a retry
+    /// already tried) when there is one; `None` when no endpoint is available.
+    pub fn pick_for(&self, hash: u64, avoid: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+        let first = self.pick(hash);
+        if first.available() && !avoid.iter().any(|a| Arc::ptr_eq(a, first)) {
+            return Some(first);
+        }
+        let others = self.endpoints.iter().filter(|e| e.available());
+        let fresh = others.clone().find(|e| !avoid.iter().any(|a| Arc::ptr_eq(a, e)));
+        fresh.or_else(|| others.min_by_key(|e| e.in_flight()))
     }
 
     pub fn uses_hash(&self) -> bool {
