@@ -51,7 +51,7 @@ impl Callouts for ClusterCallouts {
             let shared = shared.ok_or("the proxy is shutting down")?;
             let snapshot = shared.snapshot.load_full();
             let cluster = snapshot.clusters.get(&cluster).ok_or_else(|| format!("no cluster named {cluster:?}"))?;
-            let endpoint = cluster.pick(fastrand::u64(..)).clone();
+            let endpoint = cluster.pick_for(fastrand::u64(..), &[]).ok_or("no healthy upstream")?.clone();
             let (mut parts, body) = request.into_parts();
             parts.uri =
                 crate::http::upstream_uri(cluster, &parts, &endpoint.name).map_err(|r| r.reason().to_owned())?;
@@ -59,6 +59,7 @@ impl Callouts for ClusterCallouts {
             let _in_flight = endpoint.start_request();
             let exchange = async {
                 let response = crate::upstream::send(&endpoint, &cluster.name, request, timeout, &shared.metrics).await;
+                endpoint.record(crate::upstream::retry::outcome(&response));
                 let (head, body) =
                     response.map_err(|e| crate::http::LocalReply::from(e).reason().to_owned())?.into_parts();
                 let collected = Limited::new(body, MAX_CALLOUT_BODY)

@@ -231,13 +231,22 @@ impl Proxy {
                     "lb": cluster.config.lb,
                     "protocol": cluster.config.protocol,
                     "tls": cluster.config.tls.is_some(),
-                    "endpoints": cluster.endpoints.iter().map(|e| serde_json::json!({
-                        "endpoint": e.name,
-                        "address": e.address.to_string(),
-                        "health": "healthy",
-                        "in_flight": e.in_flight(),
-                        "requests": e.requests(),
-                    })).collect::<Vec<_>>(),
+                    "ejections_skipped": cluster.ejections_skipped(),
+                    "endpoints": cluster.endpoints.iter().map(|e| {
+                        let ejected_for = e.ejected_for();
+                        serde_json::json!({
+                            "endpoint": e.name,
+                            "address": e.address.to_string(),
+                            "health": if e.healthy() { "healthy" } else { "unhealthy" },
+                            "healthy": e.healthy(),
+                            "ejected": ejected_for.is_some(),
+                            "ejected_for_ms": ejected_for.map(|d| d.as_millis() as u64),
+                            "ejections": e.ejections(),
+                            "available": e.healthy() && ejected_for.is_none(),
+                            "in_flight": e.in_flight(),
+                            "requests": e.requests(),
+                        })
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -64,6 +64,21 @@ pub struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub cluster: Name,
+    /// As written in the config (`web-1.internal:8080`).
+    pub endpoint: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthCheckLabels {
+    pub cluster: Name,
+    pub endpoint: Name,
+    /// `pass` or `fail`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub cluster: Name,
     pub reason: &'static str,
@@ -112,6 +127,14 @@ pub struct Metrics {
     pub upstream_active: Family<ClusterLabels, Gauge>,
     pub upstream_created: Family<ClusterLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub endpoint_ejections: Family<EndpointLabels, Counter>,
+    pub ejections_skipped: Family<ClusterLabels, Counter>,
+    pub health_checks: Family<HealthCheckLabels, Counter>,
+    /// Retries by result: `sent`, or `budget_exhausted` (a retry the budget did not allow).
+    pub upstream_retries: Family<UpstreamErrorLabels, Counter>,
+    /// Requests refused by a cluster's circuit breaker (503 `overloaded`).
+    pub upstream_overloaded: Family<ClusterLabels, Counter>,
     pub tcp_bytes_received: Family<ListenerLabels, Counter>,
     pub tcp_bytes_sent: Family<ListenerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -148,6 +171,12 @@ impl Metrics {
             upstream_active: Family::default(),
             upstream_created: Family::default(),
             upstream_errors: Family::default(),
+            endpoint_healthy: Family::default(),
+            endpoint_ejections: Family::default(),
+            ejections_skipped: Family::default(),
+            health_checks: Family::default(),
+            upstream_retries: Family::default(),
+            upstream_overloaded: Family::default(),
             tcp_bytes_received: Family::default(),
             tcp_bytes_sent: Family::default(),
             config_reloads: Family::default(),
@@ -197,6 +226,36 @@ impl Metrics {
             "upstream_errors",
             "Upstream failures by reason (connect, reset, timeout)",
             m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Retries of failed upstream tries, by result (sent, budget_exhausted)",
+            m.upstream_retries.clone(),
+        );
+        registry.register(
+            "upstream_overloaded",
+            "Requests refused by the cluster's circuit breaker (503 overloaded)",
+            m.upstream_overloaded.clone(),
+        );
+        registry.register(
+            "endpoint_healthy",
+            "1 while an endpoint passes its active health checks (or has none), 0 while it fails them",
+            m.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Times outlier detection ejected an endpoint",
+            m.endpoint_ejections.clone(),
+        );
+        registry.register(
+            "outlier_ejections_skipped",
+            "Ejections outlier detection wanted but max_ejection_percent did not allow",
+            m.ejections_skipped.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Active health checks by endpoint and result (pass, fail)",
+            m.health_checks.clone(),
         );
         registry.register(
             "tcp_received_bytes",

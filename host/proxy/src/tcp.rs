@@ -2,6 +2,7 @@
 //! the listener's network filters when it has any.
 
 use crate::chain::{ConnectionChain, Direction, StreamInfo};
+use crate::cluster::Outcome;
 use crate::listener::Downstream;
 use crate::metrics::ListenerLabels;
 use crate::snapshot::ListenerState;
@@ -20,7 +21,10 @@ where
     let started = (Instant::now(), SystemTime::now());
     let cluster = listener.default_cluster.as_ref().and_then(|name| conn.accepted.clusters.get(name.as_str()));
     let Some(cluster) = cluster else { return };
-    let endpoint = cluster.pick(crate::cluster::hash_ip(conn.peer.ip())).clone();
+    let Some(endpoint) = cluster.pick_for(crate::cluster::hash_ip(conn.peer.ip()), &[]).cloned() else {
+        tracing::debug!(listener = %listener.name, cluster = %cluster.name, "no healthy upstream; closing the connection");
+        return;
+    };
     let _in_flight = endpoint.start_request();
     let Some(connector) = &endpoint.connector else {
         return;
@@ -39,6 +43,7 @@ where
     let limit = listener.config.limits.max_buffered_body.bytes() as usize;
     let (received, sent, outcome) = match connector.connect().await {
         Ok(mut upstream) => {
+            endpoint.record(Outcome::Success);
             let spliced = if filters.is_empty() {
                 tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await.map(|(r, s)| (r, s, "closed"))
             } else {
@@ -50,6 +55,7 @@ where
             })
         }
         Err(error) => {
+            endpoint.record(Outcome::ConnectFailure);
             tracing::debug!(listener = %listener.name, endpoint = %endpoint.address, %error, "tcp upstream connect failed");
             (0, 0, "upstream connect failure")
         }

@@ -69,6 +69,14 @@ impl Ring {
         Ring { points }
     }
 
+    /// The first endpoint at or after `hash` on the ring that `usable` accepts: the keys of an
+    /// endpoint that is out spread over the others, and every other key stays where it was.
+    pub fn lookup_where(&self, hash: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let at = self.points.partition_point(|(point, _)| *point < hash);
+        let n = self.points.len();
+        (0..n).map(|k| self.points[(at + k) % n].1).find(|&index| usable(index))
+    }
+
     fn lookup(&self, hash: u64) -> usize {
         let at = self.points.partition_point(|(point, _)| *point < hash);
         self.points.get(at).or(self.points.first()).map_or(0, |(_, index)| *index)
@@ -145,6 +153,26 @@ mod tests {
             }
         }
         assert!(moved > 0);
+        assert!(moved <= 2000 / 4 + 2000 / 10, "about a quarter of the keys may move, {moved} did");
         assert!(spread.values().all(|&n| n > 250), "uneven spread: {spread:?}");
+    }
+
+    #[test]
+    fn ring_hash_spreads_the_keys_of_an_endpoint_that_is_out_and_keeps_the_rest() {
+        let eps = endpoints(&["a:1", "b:1", "c:1", "d:1"]);
+        let Balancer::RingHash(ring) = Balancer::new(LbPolicy::RingHash, &eps) else { unreachable!() };
+        let mut took_over = std::collections::HashSet::new();
+        for key in 0..2000u32 {
+            let hash = hash_bytes(&key.to_le_bytes());
+            let before = ring.lookup(hash);
+            let after = ring.lookup_where(hash, |i| i != 3).unwrap();
+            if before == 3 {
+                took_over.insert(after);
+            } else {
+                assert_eq!(before, after, "a key of an endpoint still in stays put");
+            }
+        }
+        assert!(took_over.len() > 1, "the keys of the endpoint that is out go to more than one other");
+        assert_eq!(ring.lookup_where(0, |_| false), None);
     }
 }

@@ -2,18 +2,21 @@
 //! balancer that picks one per request.
 
 mod balancer;
+mod health;
 
 use balancer::Balancer;
 pub use balancer::{hash_bytes, hash_ip};
+use health::{ClusterHealth, EndpointHealth, Prober};
 
 use crate::http::ProxyBody;
-use crate::metrics::{ClusterLabels, Metrics, Name};
+use crate::metrics::{ClusterLabels, EndpointLabels, Metrics, Name};
 use crate::upstream::Connector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use weft_config::{FieldError, HashOn, UpstreamProtocol};
 
 pub type UpstreamClient = Client<Connector, ProxyBody>;
@@ -28,6 +31,7 @@ pub struct Endpoint {
     /// `None` only in unit tests of the balancers.
     pub client: Option<UpstreamClient>,
     pub connector: Option<Connector>,
+    health: EndpointHealth,
 }
 
 /// How one try of a request at an endpoint ended, as outlier detection counts it.
@@ -63,14 +67,31 @@ impl Endpoint {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Records how a try at this endpoint ended (for passive outlier detection).
+    /// Records how a try at this endpoint ended (for passive outlier detection): enough failures
+    /// in a row eject the endpoint for a while.
     pub fn record(&self, outcome: Outcome) {
-        let _ = outcome;
+        self.health.record(outcome, Instant::now());
     }
 
-    /// Whether the endpoint may take requests: healthy by its checks and not ejected.
+    /// Whether the endpoint may take requests: healthy by its checks and not ejected. Cheap
+    /// (atomics); it is asked on every pick.
     pub fn available(&self) -> bool {
-        true
+        self.health.available(Instant::now)
+    }
+
+    /// Healthy by its active checks (always, when the cluster has none).
+    pub fn healthy(&self) -> bool {
+        self.health.healthy()
+    }
+
+    /// How much longer outlier detection keeps the endpoint out; `None` when it is not ejected.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        self.health.ejected_for(Instant::now())
+    }
+
+    /// Times outlier detection ejected the endpoint (since this config was loaded).
+    pub fn ejections(&self) -> u64 {
+        self.health.ejections()
     }
 
     pub fn start_request(self: &Arc<Self>) -> InFlight {
@@ -88,6 +109,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             client: None,
             connector: None,
+            health: EndpointHealth::detached(name),
         }
     }
 }
@@ -99,7 +121,12 @@ pub struct Cluster {
     pub hash_on: HashOn,
     /// `https` when the endpoints speak TLS; it is the `:scheme` upstream HTTP/2 sees.
     pub scheme: http::uri::Scheme,
+    /// Requests and retries in flight, for the circuit breaker and the retry budget.
+    pub load: crate::upstream::retry::Load,
     balancer: Balancer,
+    health: Arc<ClusterHealth>,
+    /// Probes the endpoints while the cluster lives (with `health_check`).
+    _prober: Option<Prober>,
 }
 
 impl Cluster {
@@ -109,6 +136,7 @@ impl Cluster {
         let labels = ClusterLabels { cluster: name.clone() };
         let active = metrics.upstream_active.get_or_create(&labels).clone();
         let created = metrics.upstream_created.get_or_create(&labels).clone();
+        let health = ClusterHealth::new(config.outlier_detection.clone(), config.endpoints.len(), &name, metrics);
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for (j, written) in config.endpoints.iter().enumerate() {
             let field = format!("{at}.endpoints[{j}]");
@@ -141,11 +169,29 @@ impl Cluster {
                 requests: AtomicU64::new(0),
                 client: Some(client),
                 connector: Some(connector),
+                health: EndpointHealth::new(
+                    &health,
+                    j,
+                    EndpointLabels { cluster: name.clone(), endpoint: Name::new(written) },
+                    metrics,
+                ),
             }));
         }
         let balancer = Balancer::new(config.lb, &endpoints);
         let scheme = if config.tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
-        Ok(Cluster { name, config: config.clone(), endpoints, hash_on: config.hash_on(), scheme, balancer })
+        // The prober ends when the cluster is dropped (a reload replaced it), so none leak.
+        let prober = config.health_check.clone().map(|check| Prober::spawn(check, endpoints.clone(), scheme.clone()));
+        Ok(Cluster {
+            name,
+            config: config.clone(),
+            endpoints,
+            hash_on: config.hash_on(),
+            scheme,
+            load: Default::default(),
+            balancer,
+            health,
+            _prober: prober,
+        })
     }
 
     /// The endpoint for a request whose hash key (ring_hash only) is `hash`.
@@ -156,13 +202,25 @@ impl Cluster {
     /// An available endpoint for a request, other than those in `avoid` (endpoints a retry
     /// already tried) when there is one; `None` when no endpoint is available.
     pub fn pick_for(&self, hash: u64, avoid: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+        let usable = |e: &Arc<Endpoint>| e.available() && !avoid.iter().any(|a| Arc::ptr_eq(a, e));
+        if let Balancer::RingHash(ring) = &self.balancer {
+            // Walk on along the ring, so an endpoint's keys do not all land on one other.
+            if let Some(index) = ring.lookup_where(hash, |i| usable(&self.endpoints[i])) {
+                return Some(&self.endpoints[index]);
+            }
+        }
         let first = self.pick(hash);
-        if first.available() && !avoid.iter().any(|a| Arc::ptr_eq(a, first)) {
+        if usable(first) {
             return Some(first);
         }
         let others = self.endpoints.iter().filter(|e| e.available());
         let fresh = others.clone().find(|e| !avoid.iter().any(|a| Arc::ptr_eq(a, e)));
         fresh.or_else(|| others.min_by_key(|e| e.in_flight()))
+    }
+
+    /// Ejections outlier detection wanted but `max_ejection_percent` did not allow.
+    pub fn ejections_skipped(&self) -> u64 {
+        self.health.ejections_skipped()
     }
 
     pub fn uses_hash(&self) -> bool {

@@ -15,9 +15,9 @@ pub use local_reply::LocalReply;
 use crate::chain::{RequestDecisions, StreamInfo};
 use crate::cluster::{hash_bytes, hash_ip, Cluster};
 use crate::listener::Downstream;
-use crate::metrics::ListenerLabels;
+use crate::metrics::{ClusterLabels, ListenerLabels};
 use crate::snapshot::{ListenerState, Snapshot};
-use crate::upstream::{self, UpstreamError};
+use crate::upstream::{self, retry, UpstreamError};
 use crate::Shared;
 use exchange::{AccessLogFields, Exchange};
 use http::{header, Request, Response, StatusCode, Uri, Version};
@@ -138,7 +138,12 @@ async fn proxy(
     let cluster = snapshot.clusters.get(cluster_name.as_str()).ok_or(LocalReply::NoRoute)?;
     exchange.cluster = Some(cluster.name.clone());
 
-    let endpoint = cluster.pick(request_hash(cluster, &parts, conn)).clone();
+    let Some(_admitted) = cluster.load.admit(cluster.config.circuit_breaker.max_requests) else {
+        exchange.metrics.upstream_overloaded.get_or_create(&ClusterLabels { cluster: cluster.name.clone() }).inc();
+        return Err(LocalReply::Overloaded);
+    };
+    let hash = request_hash(cluster, &parts, conn);
+    let endpoint = cluster.pick_for(hash, &[]).ok_or(LocalReply::NoHealthyUpstream)?.clone();
     exchange.in_flight = Some(endpoint.start_request());
     exchange.upstream = Some(endpoint.address);
 
@@ -150,6 +155,30 @@ async fn proxy(
     parts.uri = upstream_uri(cluster, &parts, &endpoint.name)?;
     parts.version = Version::HTTP_11;
 
+    let timeout = request_timeout.unwrap_or_else(|| cluster.config.request_timeout.get());
+    if let Some(retries) = &cluster.config.retries {
+        // A body that may be sent again is read whole first, within its limit; a larger one, or
+        // one a filter is reading, goes once.
+        let small = body.size_hint().upper().is_some_and(|n| n <= retries.max_replay_body.bytes());
+        if filters.is_empty() && !wants_upgrade && small {
+            let whole = http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(|_| LocalReply::BadRequest("the request body broke off"))?
+                .to_bytes();
+            exchange.bytes_received.fetch_add(whole.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let started = Instant::now();
+            let tried =
+                retry::send_replayable(cluster, retries, hash, endpoint, &parts, whole, timeout, &exchange.metrics)
+                    .await?;
+            exchange.upstream = Some(tried.endpoint.address);
+            exchange.in_flight = Some(tried.in_flight);
+            exchange.upstream_latency = Some(started.elapsed());
+            let (mut parts, body) = tried.result?.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            return Ok(Response::from_parts(parts, ProxyBody::streamed(body)));
+        }
+    }
+
     let buffer_limit = limits.max_buffered_body.bytes() as usize;
     let (body, filter_reply) = if filters.is_empty() || body.is_end_stream() {
         (ProxyBody::streamed(body), None)
@@ -159,13 +188,13 @@ async fn proxy(
     };
     let body = body.counted(exchange.bytes_received.clone());
     let started = Instant::now();
-    let send = upstream::send(
-        &endpoint,
-        &cluster.name,
-        Request::from_parts(parts, body),
-        request_timeout.unwrap_or_else(|| cluster.config.request_timeout.get()),
-        &exchange.metrics,
-    );
+    let send = async {
+        let result =
+            upstream::send(&endpoint, &cluster.name, Request::from_parts(parts, body), timeout, &exchange.metrics)
+                .await;
+        endpoint.record(retry::outcome(&result));
+        result
+    };
     let response = match filter_reply {
         None => send.await?,
         // A filter may answer while the request body is on its way (or refuse it as too large);

@@ -1,6 +1,7 @@
 //! Sending a request to a chosen endpoint and classifying how it failed, if it did.
 
 mod connector;
+pub mod retry;
 
 pub use connector::{Connector, UpstreamStream};
 

@@ -1,0 +1,120 @@
+//! Retries and circuit breaking in a real weft, against upstreams that fail on cue: retries
+//! recover what they should (on another endpoint, with the body sent again) and stop at the
+//! budget; the breaker answers 503 `overloaded` past its limit.
+
+mod support;
+
+use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use support::upstream::{closed_port, echo, full, serve};
+use support::weft::metric;
+use support::{get, raw_exchange, seen, Weft};
+
+fn one_cluster(endpoints: &[String], extra: &str) -> String {
+    let endpoints = endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        r#"
+listeners:
+  - {{ name: public, address: "127.0.0.1:0", cluster: web }}
+clusters:
+  - name: web
+    endpoints: [{endpoints}]
+    lb: round_robin
+{extra}
+"#
+    )
+}
+
+/// An upstream that answers 503 to everything, and counts what it got.
+async fn unavailable() -> (support::upstream::Upstream, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let upstream = serve(move |request: hyper::Request<hyper::body::Incoming>| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let slow = request.uri().path().starts_with("/slow");
+            let _ = request.into_body().collect().await;
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            let mut answer = hyper::Response::new(full("down\n"));
+            *answer.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            answer
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
+async fn statuses(weft: &Weft, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(weft.addr("public"), path).await.status);
+    }
+    out
+}
+
+#[tokio::test]
+async fn retries_recover_connect_failures_and_503s_on_another_endpoint() {
+    let web = echo("web").await;
+    let (down, _) = unavailable().await;
+    let dead = closed_port().to_string();
+
+    let without = Weft::start(&one_cluster(&[dead.clone(), web.endpoint()], "")).await;
+    assert!(statuses(&without, "/", 10).await.contains(&502), "without retries half the requests fail");
+    drop(without);
+
+    let retrying = "    retries: { attempts: 2, retry_on: [connect-failure, \"503\"], backoff: 10ms }";
+    let weft = Weft::start(&one_cluster(&[dead, down.endpoint(), web.endpoint()], retrying)).await;
+    assert_eq!(statuses(&weft, "/", 12).await, vec![200; 12], "every failure was retried to the good endpoint");
+    let metrics = weft.metrics().await;
+    assert!(metric(&metrics, "weft_upstream_retries_total{cluster=\"web\",reason=\"sent\"}").unwrap_or(0.0) >= 8.0);
+
+    // The body is sent again with the retry.
+    let post = b"POST /orders HTTP/1.1\r\nHost: shop\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world";
+    for _ in 0..3 {
+        let answer = raw_exchange(weft.addr("public"), post).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(seen(&answer.body)["body"], "hello world");
+    }
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_budget() {
+    let (down, tries) = unavailable().await;
+    let retrying = "    retries: { attempts: 5, retry_on: [\"503\"], backoff: 1ms, budget_percent: 10 }";
+    let weft = Weft::start(&one_cluster(&[down.endpoint()], retrying)).await;
+    let addr = weft.addr("public");
+    let requests: Vec<_> = (0..20).map(|_| tokio::spawn(async move { get(addr, "/slow").await.status })).collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 503, "a retry cannot help an upstream that is down");
+    }
+    let metrics = weft.metrics().await;
+    let refused = metric(&metrics, "weft_upstream_retries_total{cluster=\"web\",reason=\"budget_exhausted\"}");
+    assert!(refused.unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert!(tries.load(Ordering::SeqCst) < 20 * 6, "retries were not held to the budget");
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_answers_overloaded_past_max_requests() {
+    let web = echo("web").await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()], "    circuit_breaker: { max_requests: 2 }")).await;
+    let addr = weft.addr("public");
+    let requests: Vec<_> = (0..6).map(|_| tokio::spawn(async move { get(addr, "/slow/400").await })).collect();
+    let mut overloaded = 0;
+    for request in requests {
+        let answer = request.await.unwrap();
+        if answer.status == 503 {
+            assert_eq!(answer.header("x-weft-error").as_deref(), Some("overloaded"));
+            overloaded += 1;
+        } else {
+            assert_eq!(answer.status, 200);
+        }
+    }
+    assert!(overloaded >= 1, "6 slow requests at once, 2 allowed");
+    let metrics = weft.metrics().await;
+    assert!(metric(&metrics, "weft_upstream_overloaded_total{cluster=\"web\"}").unwrap_or(0.0) >= 1.0);
+    assert_eq!(get(addr, "/").await.status, 200, "the breaker closes when the load is gone");
+}
