@@ -118,3 +118,21 @@ async fn the_circuit_breaker_answers_overloaded_past_max_requests() {
     assert!(metric(&metrics, "weft_upstream_overloaded_total{cluster=\"web\"}").unwrap_or(0.0) >= 1.0);
     assert_eq!(get(addr, "/").await.status, 200, "the breaker closes when the load is gone");
 }
+
+#[tokio::test]
+async fn past_max_connections_requests_are_answered_overloaded() {
+    let web = echo("web").await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()], "    circuit_breaker: { max_connections: 1 }")).await;
+    let addr = weft.addr("public");
+    let requests: Vec<_> = (0..4).map(|_| tokio::spawn(async move { get(addr, "/slow/400").await })).collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        let answer = request.await.unwrap();
+        if answer.status == 503 {
+            assert_eq!(answer.header("x-weft-error").as_deref(), Some("overloaded"));
+        }
+        statuses.push(answer.status);
+    }
+    assert!(statuses.contains(&200) && statuses.contains(&503), "one connection for four slow requests: {statuses:?}");
+    assert_eq!(web.connections(), 1, "the limit held");
+}

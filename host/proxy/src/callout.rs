@@ -59,7 +59,9 @@ impl Callouts for ClusterCallouts {
             let _in_flight = endpoint.start_request();
             let exchange = async {
                 let response = crate::upstream::send(&endpoint, &cluster.name, request, timeout, &shared.metrics).await;
-                endpoint.record(crate::upstream::retry::outcome(&response));
+                if let Some(outcome) = crate::upstream::retry::outcome(&response) {
+                    endpoint.record(outcome);
+                }
                 let (head, body) =
                     response.map_err(|e| crate::http::LocalReply::from(e).reason().to_owned())?.into_parts();
                 let collected = Limited::new(body, MAX_CALLOUT_BODY)

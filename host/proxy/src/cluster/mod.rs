@@ -154,7 +154,14 @@ impl Cluster {
                 }
                 None => None,
             };
-            let connector = Connector::new(address, tls, config.connect_timeout.get(), active.clone(), created.clone());
+            let connector = Connector::new(
+                address,
+                tls,
+                config.connect_timeout.get(),
+                active.clone(),
+                created.clone(),
+                config.circuit_breaker.max_connections,
+            );
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(config.idle_timeout.get())
                 .pool_max_idle_per_host(config.max_idle_connections as usize)

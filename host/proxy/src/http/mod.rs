@@ -34,6 +34,7 @@ impl From<UpstreamError> for LocalReply {
             UpstreamError::Connect => LocalReply::UpstreamConnectFailure,
             UpstreamError::Reset => LocalReply::UpstreamReset,
             UpstreamError::Timeout => LocalReply::UpstreamTimeout,
+            UpstreamError::Overloaded => LocalReply::Overloaded,
         }
     }
 }
@@ -192,7 +193,9 @@ async fn proxy(
         let result =
             upstream::send(&endpoint, &cluster.name, Request::from_parts(parts, body), timeout, &exchange.metrics)
                 .await;
-        endpoint.record(retry::outcome(&result));
+        if let Some(outcome) = retry::outcome(&result) {
+            endpoint.record(outcome);
+        }
         result
     };
     let response = match filter_reply {

@@ -23,9 +23,25 @@ pub struct Connector {
     address: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     timeout: Duration,
+    /// Open connections of the whole cluster (shared by its endpoints' connectors).
     active: Gauge,
     created: Counter,
+    /// The cluster's `circuit_breaker.max_connections`.
+    max_connections: i64,
 }
+
+/// Why a connection was not opened: the cluster has `max_connections` open already. The
+/// request is answered 503 `overloaded`, and the endpoint is not blamed for it.
+#[derive(Debug)]
+pub struct ConnectionLimit;
+
+impl std::fmt::Display for ConnectionLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the cluster's max_connections are open")
+    }
+}
+
+impl std::error::Error for ConnectionLimit {}
 
 impl Connector {
     pub fn new(
@@ -34,13 +50,19 @@ impl Connector {
         timeout: Duration,
         active: Gauge,
         created: Counter,
+        max_connections: u32,
     ) -> Self {
         let tls = tls.map(|(config, name)| (TlsConnector::from(config), name));
-        Connector { address, tls, timeout, active, created }
+        Connector { address, tls, timeout, active, created, max_connections: i64::from(max_connections) }
     }
 
     /// A connection to the endpoint, TLS if configured. Also used by the tcp path.
     pub async fn connect(&self) -> io::Result<UpstreamStream> {
+        // The connection is counted before it is made, so that a burst cannot pass the limit.
+        if self.active.inc() >= self.max_connections {
+            self.active.dec();
+            return Err(io::Error::other(ConnectionLimit));
+        }
         let attempt = async {
             let tcp = TcpStream::connect(self.address).await?;
             tcp.set_nodelay(true)?;
@@ -50,12 +72,20 @@ impl Connector {
             };
             Ok::<_, io::Error>(stream)
         };
-        let stream = tokio::time::timeout(self.timeout, attempt)
+        let connected = tokio::time::timeout(self.timeout, attempt)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {} timed out", self.address)))??;
-        self.created.inc();
-        self.active.inc();
-        Ok(UpstreamStream { stream, active: self.active.clone() })
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {} timed out", self.address)))
+            .and_then(|result| result);
+        match connected {
+            Ok(stream) => {
+                self.created.inc();
+                Ok(UpstreamStream { stream, active: self.active.clone() })
+            }
+            Err(error) => {
+                self.active.dec();
+                Err(error)
+            }
+        }
     }
 }
 

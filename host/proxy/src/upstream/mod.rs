@@ -3,11 +3,11 @@
 mod connector;
 pub mod retry;
 
-pub use connector::{Connector, UpstreamStream};
+pub use connector::{ConnectionLimit, Connector, UpstreamStream};
 
 use crate::cluster::Endpoint;
 use crate::http::ProxyBody;
-use crate::metrics::{Metrics, Name, UpstreamErrorLabels};
+use crate::metrics::{ClusterLabels, Metrics, Name, UpstreamErrorLabels};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub enum UpstreamError {
     Reset,
     /// No response head within the cluster's `request_timeout`.
     Timeout,
+    /// The cluster's `circuit_breaker.max_connections` are open: no new one was tried.
+    Overloaded,
 }
 
 impl UpstreamError {
@@ -29,6 +31,7 @@ impl UpstreamError {
             UpstreamError::Connect => "connect",
             UpstreamError::Reset => "reset",
             UpstreamError::Timeout => "timeout",
+            UpstreamError::Overloaded => "overloaded",
         }
     }
 }
@@ -46,6 +49,10 @@ pub async fn send(
     };
     let outcome = match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => return Ok(response),
+        Ok(Err(error)) if caused_by::<ConnectionLimit>(&error) => {
+            metrics.upstream_overloaded.get_or_create(&ClusterLabels { cluster: cluster.clone() }).inc();
+            UpstreamError::Overloaded
+        }
         Ok(Err(error)) if error.is_connect() || is_tls_refusal(&error) => {
             tracing::debug!(endpoint = %endpoint.address, error = %error_chain(&error), "upstream connect failed");
             UpstreamError::Connect
@@ -63,19 +70,24 @@ pub async fn send(
     Err(outcome)
 }
 
+/// Whether `E` is somewhere in the error's chain (io::Error hides what it wraps from `source()`,
+/// so it is looked into as well).
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = next {
+        let wrapped = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if cause.is::<E>() || wrapped.is_some_and(|inner| inner.is::<E>()) {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
 /// A TLS alert from the endpoint, such as TLS 1.3's late `certificate_required`: the handshake
 /// looked done to us, but the endpoint refused the connection. That is a connect failure.
 fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // io::Error hides the error it wraps from `source()`; look inside it too.
-        let wrapped = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-        if cause.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    error.source().is_some_and(caused_by::<rustls::Error>)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
