@@ -265,6 +265,7 @@ async fn the_openapi_document_describes_every_route() {
         ("post", "/v1/config"),
         ("get", "/v1/config/versions"),
         ("post", "/v1/config/rollback"),
+        ("get", "/v1/proxies"),
     ];
     for (method, path) in routes {
         assert!(document["paths"][path][method]["responses"].is_object(), "{method} {path} is not described");
