@@ -222,7 +222,7 @@ async fn a_proxy_without_the_token_is_refused() {
     let digest = push_test_module(&control).await;
     apply(&control, &config(port, &digest, "127.0.0.1:9")).await;
     let dir = TempDir::new("managed");
-    let mut child = Command::new(support::weft::binary())
+    let child = Command::new(support::weft::binary())
         .args(["proxy", "--control", &control.url(), "--node", "intruder", "--admin", "127.0.0.1:0"])
         .arg("--data")
         .arg(dir.join("data"))
@@ -232,12 +232,19 @@ async fn a_proxy_without_the_token_is_refused() {
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
         .unwrap();
+    let intruder = Managed {
+        child: Some(child),
+        dir,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        starts: 0,
+        control: String::new(),
+        token: String::new(),
+    };
     eventually("the proxy says it was refused", || async {
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default().contains("bearer token")
+        std::fs::read_to_string(intruder.dir.join("log")).unwrap_or_default().contains("bearer token")
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(intruder);
     let proxies = control.get_json("/v1/proxies").await;
     assert!(proxies["proxies"].as_array().unwrap().is_empty(), "{proxies}");
 }

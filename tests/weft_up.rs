@@ -10,12 +10,22 @@ use std::time::Duration;
 use support::filters::builtin;
 use support::{free_port, raw_exchange, seen, TempDir};
 
+/// Kills the process when dropped, so a failing assertion does not leave `weft up` running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
     let dir = TempDir::new("up");
     let ports: Vec<String> = (0..5).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let filters = builtin("router").parent().unwrap().to_owned();
-    let mut child = Command::new(support::weft::binary())
+    let child = Command::new(support::weft::binary())
         .args(["up", "--listen", &ports[0], "--admin", &ports[1], "--upstream", &ports[2], "--canary", &ports[3]])
         .args(["--control", &ports[4]])
         .arg("--filters")
@@ -26,6 +36,8 @@ async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
         .unwrap();
+    let mut running = Running(child);
+    let child = &mut running.0;
     let printed = || std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !printed().contains("Ctrl-C stops everything") {
