@@ -3,15 +3,13 @@
 use crate::cli::ControlArgs;
 use crate::Failure;
 use anyhow::{anyhow, Context};
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_control::{ControlPlane, Settings, TokenOrigin};
 
 pub async fn run(args: ControlArgs) -> Result<(), Failure> {
     let settings = Settings { data_dir: args.data.clone(), max_module_size: args.max_module_size.bytes() };
-    let (plane, origin) = tokio::task::spawn_blocking(move || ControlPlane::open(settings))
-        .await
-        .map_err(|e| anyhow!("opening the data dir: {e}"))?
-        .with_context(|| format!("cannot open the data dir {}", args.data.display()))?;
+    let (plane, origin) = open(settings).await?;
     match origin {
         // The one time the token is shown: on stdout, not in the logs.
         TokenOrigin::Created { path, token } => println!("admin token written to {}: {token}", path.display()),
@@ -39,4 +37,14 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
     weft_control::server::serve(listener, plane, shutdown).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the control plane's data dir (blocking disk I/O, so off the runtime's threads): the
+/// store and the admin token, made at the first start.
+pub async fn open(settings: Settings) -> Result<(Arc<ControlPlane>, TokenOrigin), Failure> {
+    let data = settings.data_dir.clone();
+    Ok(tokio::task::spawn_blocking(move || ControlPlane::open(settings))
+        .await
+        .map_err(|e| anyhow!("opening the data dir: {e}"))?
+        .with_context(|| format!("cannot open the data dir {}", data.display()))?)
 }

@@ -76,10 +76,7 @@ async fn bind(address: std::net::SocketAddr, what: &str, flag: &str) -> Result<t
 
 async fn open_control_plane(data: &Path) -> Result<(Arc<ControlPlane>, String), Failure> {
     let settings = Settings { data_dir: data.to_owned(), max_module_size: Settings::DEFAULT_MAX_MODULE_SIZE };
-    let (plane, origin) = tokio::task::spawn_blocking(move || ControlPlane::open(settings))
-        .await
-        .map_err(|e| anyhow!("opening the data dir: {e}"))?
-        .with_context(|| format!("cannot open the data dir {}", data.display()))?;
+    let (plane, origin) = crate::control_cmd::open(settings).await?;
     let token = match origin {
         TokenOrigin::Created { token, .. } => token,
         TokenOrigin::Existing { path } => std::fs::read_to_string(&path)
