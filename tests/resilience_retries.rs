@@ -120,9 +120,10 @@ async fn the_circuit_breaker_answers_overloaded_past_max_requests() {
 }
 
 #[tokio::test]
-async fn past_max_connections_requests_are_answered_overloaded() {
+async fn past_max_connections_requests_are_answered_overloaded_when_none_may_wait() {
     let web = echo("web").await;
-    let weft = Weft::start(&one_cluster(&[web.endpoint()], "    circuit_breaker: { max_connections: 1 }")).await;
+    let breaker = "    circuit_breaker: { max_connections: 1, max_pending: 0 }";
+    let weft = Weft::start(&one_cluster(&[web.endpoint()], breaker)).await;
     let addr = weft.addr("public");
     let requests: Vec<_> = (0..4).map(|_| tokio::spawn(async move { get(addr, "/slow/400").await })).collect();
     let mut statuses = Vec::new();
@@ -135,4 +136,83 @@ async fn past_max_connections_requests_are_answered_overloaded() {
     }
     assert!(statuses.contains(&200) && statuses.contains(&503), "one connection for four slow requests: {statuses:?}");
     assert_eq!(web.connections(), 1, "the limit held");
+}
+
+/// An upstream that holds every request until the test lets one through (`gate.add_permits`).
+async fn gated() -> (support::upstream::Upstream, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let opener = gate.clone();
+    let upstream = serve(move |_request: hyper::Request<hyper::body::Incoming>| {
+        let gate = opener.clone();
+        async move {
+            gate.acquire().await.expect("the gate stays open").forget();
+            hyper::Response::new(full("through\n"))
+        }
+    })
+    .await;
+    (upstream, gate)
+}
+
+async fn pending_now(weft: &Weft) -> f64 {
+    metric(&weft.metrics().await, "weft_upstream_pending{cluster=\"web\"}").unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn past_max_connections_requests_wait_their_turn_up_to_max_pending() {
+    let (web, gate) = gated().await;
+    let breaker = "    circuit_breaker: { max_connections: 1, max_pending: 2 }";
+    let weft = Weft::start(&one_cluster(&[web.endpoint()], breaker)).await;
+    let addr = weft.addr("public");
+
+    let first = tokio::spawn(async move { get(addr, "/first").await });
+    support::eventually("the first request reaches the upstream", || async { web.requests() == 1 }).await;
+    let waiting: Vec<_> = ["/second", "/third"].map(|path| tokio::spawn(async move { get(addr, path).await })).into();
+    support::eventually("two requests wait for the one connection", || async { pending_now(&weft).await == 2.0 }).await;
+
+    let refused = get(addr, "/fourth").await;
+    assert_eq!(refused.status, 503, "max_pending are waiting already");
+    assert_eq!(refused.header("x-weft-error").as_deref(), Some("overloaded"));
+    assert_eq!(web.requests(), 1, "the waiting requests have not been sent yet");
+
+    gate.add_permits(3);
+    assert_eq!(first.await.unwrap().status, 200);
+    for request in waiting {
+        let answer = request.await.unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "through\n"), "a waiting request is served in turn");
+    }
+    assert_eq!(web.connections(), 1, "the waiting requests took turns on the one connection");
+    let metrics = weft.metrics().await;
+    assert_eq!(metric(&metrics, "weft_upstream_pending_overflow_total{cluster=\"web\"}"), Some(1.0));
+    assert_eq!(metric(&metrics, "weft_upstream_pending{cluster=\"web\"}"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_request_whose_turn_does_not_come_within_its_timeout_gets_504() {
+    // The upstream answers at once but holds the body: the turn is held until the body is over.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let opener = gate.clone();
+    let web = serve(move |_request: hyper::Request<hyper::body::Incoming>| {
+        let gate = opener.clone();
+        async move {
+            let rest = futures_util::stream::once(async move {
+                gate.acquire().await.expect("the gate stays open").forget();
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from("the end\n")))
+            });
+            hyper::Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(rest)))
+        }
+    })
+    .await;
+    let breaker = "    request_timeout: 300ms\n    circuit_breaker: { max_connections: 1 }";
+    let weft = Weft::start(&one_cluster(&[web.endpoint()], breaker)).await;
+    let addr = weft.addr("public");
+    let held = tokio::spawn(async move { get(addr, "/held").await });
+    support::eventually("the first request reaches the upstream", || async { web.requests() == 1 }).await;
+    let late = get(addr, "/late").await;
+    assert_eq!(late.status, 504);
+    assert_eq!(late.header("x-weft-error").as_deref(), Some("upstream timeout"));
+    assert_eq!(web.requests(), 1, "the request that timed out waiting was never sent");
+    gate.add_permits(1);
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 200);
+    assert!(held.body.contains("the end\n"), "the held body arrived whole: {:?}", held.body);
 }

@@ -217,7 +217,8 @@ pub struct CircuitBreaker {
     /// Connections open to the cluster's endpoints at once.
     #[serde(default = "defaults::breaker_limit")]
     pub max_connections: u32,
-    /// Requests waiting for a connection at once.
+    /// Requests waiting at once for a connection of an HTTP/1.1 cluster whose `max_connections`
+    /// are busy (0: none wait, they are answered 503 `overloaded` at once).
     #[serde(default = "defaults::breaker_limit")]
     pub max_pending: u32,
     /// Requests in flight to the cluster at once.

@@ -179,11 +179,8 @@ fn validate_resilience(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>
         }
     }
     let breaker = &cluster.circuit_breaker;
-    for (field, value) in [
-        ("max_connections", breaker.max_connections),
-        ("max_pending", breaker.max_pending),
-        ("max_requests", breaker.max_requests),
-    ] {
+    // max_pending may be 0: no request waits, past max_connections busy the answer is 503 at once.
+    for (field, value) in [("max_connections", breaker.max_connections), ("max_requests", breaker.max_requests)] {
         if value == 0 {
             error(format!("circuit_breaker.{field}"), "must be at least 1".into());
         }

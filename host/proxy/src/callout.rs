@@ -56,9 +56,10 @@ impl Callouts for ClusterCallouts {
             parts.uri =
                 crate::http::upstream_uri(cluster, &parts, &endpoint.name).map_err(|r| r.reason().to_owned())?;
             let request = Request::from_parts(parts, ProxyBody::full(body));
-            let _in_flight = endpoint.start_request();
+            let mut in_flight = endpoint.start_request();
             let exchange = async {
-                let response = crate::upstream::send(&endpoint, &cluster.name, request, timeout, &shared.metrics).await;
+                let response =
+                    crate::upstream::send(cluster, &endpoint, &mut in_flight, request, timeout, &shared.metrics).await;
                 if let Some(outcome) = crate::upstream::retry::outcome(&response) {
                     endpoint.record(outcome);
                 }

@@ -135,6 +135,10 @@ pub struct Metrics {
     pub upstream_retries: Family<UpstreamErrorLabels, Counter>,
     /// Requests refused by a cluster's circuit breaker (503 `overloaded`).
     pub upstream_overloaded: Family<ClusterLabels, Counter>,
+    /// Requests waiting now for a connection of an HTTP/1.1 cluster (`circuit_breaker.max_pending`).
+    pub upstream_pending: Family<ClusterLabels, Gauge>,
+    /// Requests refused because the cluster's `max_pending` were waiting already.
+    pub upstream_pending_overflow: Family<ClusterLabels, Counter>,
     pub tcp_bytes_received: Family<ListenerLabels, Counter>,
     pub tcp_bytes_sent: Family<ListenerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -177,6 +181,8 @@ impl Metrics {
             health_checks: Family::default(),
             upstream_retries: Family::default(),
             upstream_overloaded: Family::default(),
+            upstream_pending: Family::default(),
+            upstream_pending_overflow: Family::default(),
             tcp_bytes_received: Family::default(),
             tcp_bytes_sent: Family::default(),
             config_reloads: Family::default(),
@@ -236,6 +242,16 @@ impl Metrics {
             "upstream_overloaded",
             "Requests refused by the cluster's circuit breaker (503 overloaded)",
             m.upstream_overloaded.clone(),
+        );
+        registry.register(
+            "upstream_pending",
+            "Requests waiting for a connection of the cluster now (past max_connections busy)",
+            m.upstream_pending.clone(),
+        );
+        registry.register(
+            "upstream_pending_overflow",
+            "Requests refused because the cluster's max_pending were waiting already (also in upstream_overloaded)",
+            m.upstream_pending_overflow.clone(),
         );
         registry.register(
             "endpoint_healthy",

@@ -10,7 +10,7 @@ use health::{ClusterHealth, EndpointHealth, Prober};
 
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, EndpointLabels, Metrics, Name};
-use crate::upstream::Connector;
+use crate::upstream::{ConnectionBudget, ConnectionSlots, Connector, Turn};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
@@ -49,12 +49,23 @@ pub enum Outcome {
     Timeout,
 }
 
-/// Counts a request as in flight on its endpoint until dropped.
-pub struct InFlight(Arc<Endpoint>);
+/// Counts a request as in flight on its endpoint until dropped, and holds its turn on the wire
+/// (HTTP/1.1 clusters) until then.
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    turn: Option<Turn>,
+}
+
+impl InFlight {
+    /// Keeps the request's turn until the request is over.
+    pub fn hold(&mut self, turn: Turn) {
+        self.turn = Some(turn);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -97,7 +108,7 @@ impl Endpoint {
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight { endpoint: self.clone(), turn: None }
     }
 
     #[cfg(test)]
@@ -123,6 +134,9 @@ pub struct Cluster {
     pub scheme: http::uri::Scheme,
     /// Requests and retries in flight, for the circuit breaker and the retry budget.
     pub load: crate::upstream::retry::Load,
+    /// Turns on the wire past `max_connections` busy (`max_pending`); HTTP/1.1 clusters only,
+    /// as an HTTP/2 connection carries many requests at once.
+    pub slots: Option<ConnectionSlots>,
     balancer: Balancer,
     health: Arc<ClusterHealth>,
     /// Probes the endpoints while the cluster lives (with `health_check`).
@@ -134,7 +148,17 @@ impl Cluster {
     pub async fn build(config: &weft_config::Cluster, at: &str, metrics: &Arc<Metrics>) -> Result<Cluster, FieldError> {
         let name = Name::new(&config.name);
         let labels = ClusterLabels { cluster: name.clone() };
-        let active = metrics.upstream_active.get_or_create(&labels).clone();
+        let breaker = &config.circuit_breaker;
+        let budget =
+            ConnectionBudget::new(metrics.upstream_active.get_or_create(&labels).clone(), breaker.max_connections);
+        let slots = (config.protocol == UpstreamProtocol::Http1).then(|| {
+            ConnectionSlots::new(
+                breaker.max_connections,
+                breaker.max_pending,
+                metrics.upstream_pending.get_or_create(&labels).clone(),
+                metrics.upstream_pending_overflow.get_or_create(&labels).clone(),
+            )
+        });
         let created = metrics.upstream_created.get_or_create(&labels).clone();
         let health = ClusterHealth::new(config.outlier_detection.clone(), config.endpoints.len(), &name, metrics);
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
@@ -154,14 +178,7 @@ impl Cluster {
                 }
                 None => None,
             };
-            let connector = Connector::new(
-                address,
-                tls,
-                config.connect_timeout.get(),
-                active.clone(),
-                created.clone(),
-                config.circuit_breaker.max_connections,
-            );
+            let connector = Connector::new(address, tls, config.connect_timeout.get(), budget.clone(), created.clone());
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(config.idle_timeout.get())
                 .pool_max_idle_per_host(config.max_idle_connections as usize)
@@ -195,6 +212,7 @@ impl Cluster {
             hash_on: config.hash_on(),
             scheme,
             load: Default::default(),
+            slots,
             balancer,
             health,
             _prober: prober,

@@ -145,7 +145,6 @@ async fn proxy(
     };
     let hash = request_hash(cluster, &parts, conn);
     let endpoint = cluster.pick_for(hash, &[]).ok_or(LocalReply::NoHealthyUpstream)?.clone();
-    exchange.in_flight = Some(endpoint.start_request());
     exchange.upstream = Some(endpoint.address);
 
     headers::strip_hop_by_hop(&mut parts.headers, wants_upgrade);
@@ -189,9 +188,10 @@ async fn proxy(
     };
     let body = body.counted(exchange.bytes_received.clone());
     let started = Instant::now();
+    let in_flight = exchange.in_flight.insert(endpoint.start_request());
     let send = async {
         let result =
-            upstream::send(&endpoint, &cluster.name, Request::from_parts(parts, body), timeout, &exchange.metrics)
+            upstream::send(cluster, &endpoint, in_flight, Request::from_parts(parts, body), timeout, &exchange.metrics)
                 .await;
         if let Some(outcome) = retry::outcome(&result) {
             endpoint.record(outcome);

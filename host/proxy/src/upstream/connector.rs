@@ -1,9 +1,10 @@
 //! Opening connections to one endpoint: TCP (no Nagle), then TLS when the cluster asks for it,
 //! within the connect timeout. Each connection is counted while it lives.
 
+use super::slots::ConnectionBudget;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use std::future::Future;
@@ -23,15 +24,15 @@ pub struct Connector {
     address: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     timeout: Duration,
-    /// Open connections of the whole cluster (shared by its endpoints' connectors).
-    active: Gauge,
+    /// Open connections of the whole cluster against its `max_connections` (shared by its
+    /// endpoints' connectors).
+    budget: Arc<ConnectionBudget>,
     created: Counter,
-    /// The cluster's `circuit_breaker.max_connections`.
-    max_connections: i64,
 }
 
-/// Why a connection was not opened: the cluster has `max_connections` open already. The
-/// request is answered 503 `overloaded`, and the endpoint is not blamed for it.
+/// Why a connection was not opened: the cluster had `max_connections` open, and none closed
+/// within the connect timeout. The request is answered 503 `overloaded`, and the endpoint is not
+/// blamed for it.
 #[derive(Debug)]
 pub struct ConnectionLimit;
 
@@ -48,19 +49,17 @@ impl Connector {
         address: SocketAddr,
         tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
         timeout: Duration,
-        active: Gauge,
+        budget: Arc<ConnectionBudget>,
         created: Counter,
-        max_connections: u32,
     ) -> Self {
         let tls = tls.map(|(config, name)| (TlsConnector::from(config), name));
-        Connector { address, tls, timeout, active, created, max_connections: i64::from(max_connections) }
+        Connector { address, tls, timeout, budget, created }
     }
 
     /// A connection to the endpoint, TLS if configured. Also used by the tcp path.
     pub async fn connect(&self) -> io::Result<UpstreamStream> {
-        // The connection is counted before it is made, so that a burst cannot pass the limit.
-        if self.active.inc() >= self.max_connections {
-            self.active.dec();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if !self.budget.open(deadline).await {
             return Err(io::Error::other(ConnectionLimit));
         }
         let attempt = async {
@@ -72,17 +71,17 @@ impl Connector {
             };
             Ok::<_, io::Error>(stream)
         };
-        let connected = tokio::time::timeout(self.timeout, attempt)
+        let connected = tokio::time::timeout_at(deadline, attempt)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {} timed out", self.address)))
             .and_then(|result| result);
         match connected {
             Ok(stream) => {
                 self.created.inc();
-                Ok(UpstreamStream { stream, active: self.active.clone() })
+                Ok(UpstreamStream { stream, budget: self.budget.clone() })
             }
             Err(error) => {
-                self.active.dec();
+                self.budget.close();
                 Err(error)
             }
         }
@@ -110,15 +109,15 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// A live upstream connection; the active-connections gauge drops when it does.
+/// A live upstream connection; its place in the cluster's budget is given back when it drops.
 pub struct UpstreamStream {
     stream: Stream,
-    active: Gauge,
+    budget: Arc<ConnectionBudget>,
 }
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
-        self.active.dec();
+        self.budget.close();
     }
 }
 

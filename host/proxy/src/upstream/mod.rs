@@ -2,12 +2,14 @@
 
 mod connector;
 pub mod retry;
+mod slots;
 
 pub use connector::{ConnectionLimit, Connector, UpstreamStream};
+pub use slots::{ConnectionBudget, ConnectionSlots, Turn};
 
-use crate::cluster::Endpoint;
+use crate::cluster::{Cluster, Endpoint, InFlight};
 use crate::http::ProxyBody;
-use crate::metrics::{ClusterLabels, Metrics, Name, UpstreamErrorLabels};
+use crate::metrics::{ClusterLabels, Metrics, UpstreamErrorLabels};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::time::Duration;
@@ -21,7 +23,8 @@ pub enum UpstreamError {
     Reset,
     /// No response head within the cluster's `request_timeout`.
     Timeout,
-    /// The cluster's `circuit_breaker.max_connections` are open: no new one was tried.
+    /// The cluster's circuit breaker: `max_connections` are open and none closed in time, or
+    /// `max_pending` requests wait for one already. No connection was tried.
     Overloaded,
 }
 
@@ -36,10 +39,13 @@ impl UpstreamError {
     }
 }
 
-/// Sends `request` through the endpoint's pool and waits at most `timeout` for the response head.
+/// Sends `request` through the endpoint's pool and waits at most `timeout` for the response head,
+/// counting a wait for the cluster's turn (HTTP/1.1, past `max_connections` busy) in it. The
+/// turn is kept in `in_flight`, so it passes on when the request is over, body and all.
 pub async fn send(
+    cluster: &Cluster,
     endpoint: &Endpoint,
-    cluster: &Name,
+    in_flight: &mut InFlight,
     request: Request<ProxyBody>,
     timeout: Duration,
     metrics: &Metrics,
@@ -47,12 +53,17 @@ pub async fn send(
     let Some(client) = &endpoint.client else {
         return Err(UpstreamError::Connect);
     };
-    let outcome = match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(Ok(response)) => return Ok(response),
-        Ok(Err(error)) if caused_by::<ConnectionLimit>(&error) => {
-            metrics.upstream_overloaded.get_or_create(&ClusterLabels { cluster: cluster.clone() }).inc();
-            UpstreamError::Overloaded
+    let deadline = tokio::time::Instant::now() + timeout;
+    let sent = async {
+        if let Some(slots) = &cluster.slots {
+            in_flight.hold(slots.take(timeout).await?);
         }
+        tokio::time::timeout_at(deadline, client.request(request)).await.map_err(|_| UpstreamError::Timeout)
+    };
+    let outcome = match sent.await {
+        Ok(Ok(response)) => return Ok(response),
+        Err(refused) => refused,
+        Ok(Err(error)) if caused_by::<ConnectionLimit>(&error) => UpstreamError::Overloaded,
         Ok(Err(error)) if error.is_connect() || is_tls_refusal(&error) => {
             tracing::debug!(endpoint = %endpoint.address, error = %error_chain(&error), "upstream connect failed");
             UpstreamError::Connect
@@ -61,8 +72,11 @@ pub async fn send(
             tracing::debug!(endpoint = %endpoint.address, error = %error_chain(&error), "upstream reset");
             UpstreamError::Reset
         }
-        Err(_) => UpstreamError::Timeout,
     };
+    let cluster = &cluster.name;
+    if outcome == UpstreamError::Overloaded {
+        metrics.upstream_overloaded.get_or_create(&ClusterLabels { cluster: cluster.clone() }).inc();
+    }
     metrics
         .upstream_errors
         .get_or_create(&UpstreamErrorLabels { cluster: cluster.clone(), reason: outcome.label() })

@@ -133,9 +133,9 @@ pub async fn send_replayable(
         let this_try = retries.per_try_timeout.map_or(left, |per_try| per_try.get().min(left));
         let mut request_parts = parts.clone();
         request_parts.uri = crate::http::upstream_uri(cluster, parts, &endpoint.name)?;
-        let in_flight = endpoint.start_request();
+        let mut in_flight = endpoint.start_request();
         let request = Request::from_parts(request_parts, ProxyBody::full(body.clone()));
-        let result = super::send(&endpoint, &cluster.name, request, this_try, metrics).await;
+        let result = super::send(cluster, &endpoint, &mut in_flight, request, this_try, metrics).await;
         if let Some(outcome) = outcome(&result) {
             endpoint.record(outcome);
         }
