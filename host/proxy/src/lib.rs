@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod probes;
 pub mod snapshot;
 mod tcp;
 pub mod tls;
@@ -34,6 +35,8 @@ use weft_config::{Config, FieldError};
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// What the chaos experiments running here measure.
+    pub probes: probes::Probes,
     next_connection: AtomicU64,
 }
 
@@ -79,8 +82,12 @@ impl Proxy {
             Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
                 .await
                 .unwrap_or_else(|_| unreachable!("an empty config always builds"));
-        let shared =
-            Arc::new(Shared { snapshot: ArcSwap::from_pointee(empty), metrics, next_connection: AtomicU64::new(1) });
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(empty),
+            metrics,
+            probes: Default::default(),
+            next_connection: AtomicU64::new(1),
+        });
         let callouts = Arc::new(callout::ClusterCallouts { shared: Arc::downgrade(&shared) });
         Arc::new(Proxy {
             filter_host: FilterHost { metrics: shared.metrics.clone(), callouts },
@@ -176,6 +183,11 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The measurements of the chaos experiments running on this proxy.
+    pub fn probes(&self) -> &probes::Probes {
+        &self.shared.probes
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

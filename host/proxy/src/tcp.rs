@@ -60,6 +60,9 @@ where
             (0, 0, "upstream connect failure")
         }
     };
+    for probe in shared.probes.for_connection(listener.name.as_str()) {
+        probe.record(outcome != "closed" && outcome != "closed by filter", started.0.elapsed());
+    }
     let labels = ListenerLabels { listener: listener.name.clone() };
     shared.metrics.tcp_bytes_received.get_or_create(&labels).inc_by(received);
     shared.metrics.tcp_bytes_sent.get_or_create(&labels).inc_by(sent);
