@@ -10,6 +10,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod chaos;
 pub mod distribution;
 mod error;
 pub mod modules;

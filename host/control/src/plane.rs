@@ -67,6 +67,8 @@ pub struct ControlPlane {
     current: watch::Sender<u64>,
     /// The proxies that connected, and what they run.
     proxies: crate::distribution::Proxies,
+    /// Chaos experiments, going and past.
+    experiments: Arc<crate::chaos::Experiments>,
 }
 
 impl ControlPlane {
@@ -78,7 +80,8 @@ impl ControlPlane {
         let validator = ModuleValidator::new().map_err(OpenError::Wasm)?;
         let (current, _) = watch::channel(store.current_version()?);
         let proxies = crate::distribution::Proxies::new();
-        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies }), origin))
+        let experiments = Arc::new(crate::chaos::Experiments::open(store.clone())?);
+        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies, experiments }), origin))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -88,6 +91,11 @@ impl ControlPlane {
     /// The store, for readers that need more than the operations here (the distribution).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The chaos experiments.
+    pub fn experiments(&self) -> &Arc<crate::chaos::Experiments> {
+        &self.experiments
     }
 
     /// The proxies that connected since the control plane started.

@@ -11,6 +11,7 @@
 //! - `module_info`: digest → (size, uploaded at, Unix ms)
 //! - `config_versions`: number → [`VersionRecord`] as JSON
 //! - `meta`: `format` (u64), `current_version` (u64), `admin_token_sha256` (32 bytes)
+//! - `experiments`: number → a chaos experiment's record as JSON ([`experiments`])
 //!
 //! A refusal returns before `commit`: dropping a write transaction uncommitted aborts it.
 //! Calls block on disk I/O: async callers run them on the blocking pool.
@@ -367,5 +368,6 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)
 }
 
+mod experiments;
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,9 @@ pub enum Command {
     Get(GetArgs),
     /// Make an earlier config version current again (as a new version: history only grows).
     Rollback(RollbackArgs),
+    /// Chaos experiments on a control plane: run one and follow it, list them, show one's
+    /// report, abort one or all (the kill switch).
+    Chaos(ChaosArgs),
 }
 
 /// The control plane's data dir when `--data` is not given (relative to the working folder).
@@ -150,6 +153,63 @@ pub enum GetWhat {
 pub enum Output {
     Table,
     Json,
+}
+
+#[derive(Args)]
+pub struct ChaosArgs {
+    #[command(subcommand)]
+    pub command: ChaosCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ChaosCommand {
+    /// Start an experiment (or a schedule of them) from FILE and follow it to its end.
+    ///
+    /// The experiment is checked whole first; nothing starts when any of it is wrong. While it
+    /// runs, what happens is printed as it happens (faults applied per proxy, guard readings), and
+    /// its report at the end. Ctrl-C aborts it: its faults are taken out at once. Exit code 0 when
+    /// it ran its course, 1 when its guard or someone ended it early, 2 when it was refused.
+    Run {
+        /// The experiment (YAML, or JSON when it ends in .json); `-` reads standard input.
+        file: PathBuf,
+        /// Start it and return at once, printing its id (follow it with `weft chaos show ID`).
+        #[arg(long)]
+        detach: bool,
+        /// Output format of the final report.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Every experiment and schedule: status, proxies, how each ended.
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// One experiment's report: target, faults, timeline, guard readings, results before,
+    /// during and after the faults, and each proxy's part (live while it runs).
+    Show {
+        /// The experiment's id (exp-7).
+        id: String,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// End an experiment now (a schedule: no more runs), or every one with --all: their faults
+    /// are taken out at once.
+    Abort {
+        /// The experiment's id (exp-7).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// The kill switch: every experiment and schedule.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(Args)]

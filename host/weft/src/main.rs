@@ -1,11 +1,13 @@
 //! The `weft` binary: command-line parsing and wiring. The work happens in the library crates.
 
+mod chaos_cmd;
 mod cli;
 mod client;
 mod control_cmd;
 mod demo_upstream;
 mod logging;
 mod managed;
+mod managed_experiments;
 mod proxy_cmd;
 mod remote_cmd;
 mod table;
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             cli::Command::Apply(args) => remote_cmd::apply(&args).await,
             cli::Command::Get(args) => remote_cmd::get(&args).await,
             cli::Command::Rollback(args) => remote_cmd::rollback(&args).await,
+            cli::Command::Chaos(args) => chaos_cmd::run(args.command).await,
         }
     });
     match outcome {
