@@ -266,6 +266,11 @@ async fn the_openapi_document_describes_every_route() {
         ("get", "/v1/config/versions"),
         ("post", "/v1/config/rollback"),
         ("get", "/v1/proxies"),
+        ("get", "/v1/experiments"),
+        ("post", "/v1/experiments"),
+        ("post", "/v1/experiments/abort"),
+        ("get", "/v1/experiments/{id}"),
+        ("post", "/v1/experiments/{id}/abort"),
     ];
     for (method, path) in routes {
         assert!(document["paths"][path][method]["responses"].is_object(), "{method} {path} is not described");
