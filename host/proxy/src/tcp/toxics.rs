@@ -41,9 +41,24 @@ pub(crate) struct ListenerToxics {
     pub(crate) name: Name,
     set: ArcSwap<ToxicSet>,
     generation: AtomicU64,
-    wakers: Mutex<Vec<Weak<AtomicWaker>>>,
+    wakers: Mutex<Wakers>,
     /// Serialises edits, so each is made on the set the previous one left.
     edits: Mutex<()>,
+}
+
+/// The connections watching a listener's toxics. Closed connections leave dead entries,
+/// swept when the list has doubled since the last sweep (and at every change).
+#[derive(Default)]
+struct Wakers {
+    list: Vec<Weak<AtomicWaker>>,
+    sweep_at: usize,
+}
+
+impl Wakers {
+    fn sweep(&mut self) {
+        self.list.retain(|waker| waker.strong_count() > 0);
+        self.sweep_at = (self.list.len() * 2).max(64);
+    }
 }
 
 /// The toxics in force on a listener, in the order they were added.
@@ -236,7 +251,7 @@ impl Toxics {
                     name: Name::new(listener),
                     set: ArcSwap::from_pointee(ToxicSet::default()),
                     generation: AtomicU64::new(0),
-                    wakers: Mutex::new(Vec::new()),
+                    wakers: Mutex::new(Wakers::default()),
                     edits: Mutex::new(()),
                 })
             })
@@ -298,20 +313,22 @@ impl ListenerToxics {
         // Stored before the generation moves, so whoever sees the new generation sees the set.
         self.generation.fetch_add(1, Ordering::Release);
         let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        wakers.retain(|waker| match waker.upgrade() {
-            Some(waker) => {
-                waker.wake();
-                true
-            }
-            None => false,
-        });
+        wakers.sweep();
+        for waker in wakers.list.iter().filter_map(Weak::upgrade) {
+            waker.wake();
+        }
         Ok(())
     }
 
     /// A watch for one connection: the set in force and a wake-up when it changes.
     pub(crate) fn watch(self: &Arc<Self>) -> Watch {
         let waker = Arc::new(AtomicWaker::new());
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&waker));
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if wakers.list.len() >= wakers.sweep_at {
+            wakers.sweep();
+        }
+        wakers.list.push(Arc::downgrade(&waker));
+        drop(wakers);
         let seen = self.generation.load(Ordering::Acquire);
         Watch { listener: self.clone(), waker, seen }
     }
@@ -409,6 +426,18 @@ mod tests {
         assert!(watch.poll_changed(&mut cx).is_ready());
         assert!(watch.poll_changed(&mut cx).is_pending());
         assert_eq!(watch.current().toxics.len(), 1);
+    }
+
+    #[test]
+    fn closed_connections_do_not_pile_up_in_the_watch_list() {
+        let toxics = registry();
+        let entry = toxics.listener("db");
+        let kept: Vec<_> = (0..10).map(|_| entry.watch()).collect();
+        for _ in 0..10_000 {
+            drop(entry.watch());
+        }
+        let listed = entry.wakers.lock().unwrap().list.len();
+        assert!(listed < 200, "{listed} entries for {} open watches", kept.len());
     }
 
     #[tokio::test(start_paused = true)]
