@@ -23,11 +23,11 @@ impl Drop for Running {
 #[tokio::test]
 async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
     let dir = TempDir::new("up");
-    let ports: Vec<String> = (0..5).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let ports: Vec<String> = (0..6).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let filters = builtin("router").parent().unwrap().to_owned();
     let child = Command::new(support::weft::binary())
         .args(["up", "--listen", &ports[0], "--admin", &ports[1], "--upstream", &ports[2], "--canary", &ports[3]])
-        .args(["--control", &ports[4]])
+        .args(["--control", &ports[4], "--toxiproxy-listen", &ports[5]])
         .arg("--filters")
         .arg(&filters)
         .current_dir(dir.path())
@@ -49,6 +49,10 @@ async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
     }
     let tour = printed();
     assert!(tour.contains(&format!("http://{}/admin", ports[0])), "the tour names the proxy: {tour}");
+    assert!(tour.contains(&format!("http://{}/proxies/demo/toxics", ports[5])), "and the Toxiproxy API: {tour}");
+    let version =
+        raw_exchange(ports[5].parse().unwrap(), b"GET /version HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").await;
+    assert!(seen(&version.body)["version"].is_string(), "the Toxiproxy API answers: {version:?}");
 
     let proxy = ports[0].parse().unwrap();
     let ask =

@@ -15,8 +15,9 @@ pub mod listener;
 pub mod metrics;
 pub mod probes;
 pub mod snapshot;
-mod tcp;
+pub mod tcp;
 pub mod tls;
+pub mod toxiproxy;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
@@ -29,7 +30,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use weft_config::{Config, FieldError};
+pub use tcp::toxic::{Stream, Toxic, ToxicError, ToxicKind};
+pub use tcp::toxics::Toxics;
+use weft_config::{Config, FieldError, ListenerProtocol};
 
 /// State every connection and request reaches: the snapshot in force and the metrics.
 pub struct Shared {
@@ -37,6 +40,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// What the chaos experiments running here measure.
     pub probes: probes::Probes,
+    /// The L4 toxics of every tcp listener.
+    pub toxics: Arc<Toxics>,
     next_connection: AtomicU64,
 }
 
@@ -71,6 +76,10 @@ pub struct Proxy {
     filter_loader: Option<Arc<dyn chain::FilterLoader>>,
     /// What filters get from the proxy: its metrics and callouts to its clusters.
     filter_host: FilterHost,
+    /// The proxies made through the Toxiproxy API, beside the config's listeners.
+    toxiproxy: toxiproxy::ToxiproxyProxies,
+    /// Where the Toxiproxy API listens, once it does.
+    toxiproxy_api: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Proxy {
@@ -82,15 +91,19 @@ impl Proxy {
             Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
                 .await
                 .unwrap_or_else(|_| unreachable!("an empty config always builds"));
+        let toxics = Toxics::new(metrics.clone());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(empty),
             metrics,
             probes: Default::default(),
+            toxics,
             next_connection: AtomicU64::new(1),
         });
         let callouts = Arc::new(callout::ClusterCallouts { shared: Arc::downgrade(&shared) });
         Arc::new(Proxy {
             filter_host: FilterHost { metrics: shared.metrics.clone(), callouts },
+            toxiproxy: toxiproxy::ToxiproxyProxies::new(shared.clone()),
+            toxiproxy_api: Default::default(),
             shared,
             listeners: Default::default(),
             bound: Default::default(),
@@ -115,6 +128,22 @@ impl Proxy {
     async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {
         let mut running = self.listeners.lock().await;
         let version = self.shared.snapshot.load().version + 1;
+        // A Toxiproxy proxy's name stays its own: its toxics are kept under it.
+        let taken: Vec<FieldError> = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| self.toxiproxy.has(&l.name))
+            .map(|(i, l)| {
+                FieldError::new(
+                    format!("listeners[{i}].name"),
+                    format!("{:?} is the name of a proxy made through the Toxiproxy API", l.name),
+                )
+            })
+            .collect();
+        if !taken.is_empty() {
+            return Err(taken.into());
+        }
         let snapshot =
             Arc::new(Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref()).await?);
 
@@ -144,6 +173,9 @@ impl Proxy {
 
         self.shared.snapshot.store(snapshot.clone());
         self.shared.metrics.config_version.set(version as i64);
+        self.shared.toxics.set_config_listeners(
+            snapshot.config.listeners.iter().filter(|l| l.protocol == ListenerProtocol::Tcp).map(|l| l.name.clone()),
+        );
 
         let mut retired = Vec::new();
         for (name, (address, socket)) in fresh {
@@ -169,7 +201,9 @@ impl Proxy {
     }
 
     /// Stops accepting everywhere and waits (at most the drain timeout) for open connections.
+    /// Toxiproxy proxies stop at once, their connections cut.
     pub async fn shutdown(&self) {
+        self.toxiproxy.shutdown().await;
         let mut running = self.listeners.lock().await;
         let tasks: Vec<_> = running.drain().map(|(_, listener)| listener.stop(self.drain_timeout)).collect();
         for task in tasks {
@@ -179,6 +213,22 @@ impl Proxy {
 
     pub fn is_ready(&self) -> bool {
         self.shared.snapshot.load().version > 0
+    }
+
+    /// The L4 toxics engine: add, update and remove named toxics on any tcp listener (from the
+    /// config, or made through the Toxiproxy API) by the listener's name.
+    pub fn toxics(&self) -> &Arc<Toxics> {
+        &self.shared.toxics
+    }
+
+    /// The proxies made through the Toxiproxy API.
+    pub fn toxiproxy(&self) -> &toxiproxy::ToxiproxyProxies {
+        &self.toxiproxy
+    }
+
+    /// Where the Toxiproxy API listens, when it was started.
+    pub fn toxiproxy_api(&self) -> Option<SocketAddr> {
+        self.toxiproxy_api.get().copied()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -206,6 +256,7 @@ impl Proxy {
             "version": snapshot.version,
             "digest": snapshot.digest,
             "listeners": self.bound_addresses(),
+            "toxiproxy_api": self.toxiproxy_api().map(|a| a.to_string()),
             "config": snapshot.config,
         })
     }

@@ -244,6 +244,12 @@ pub struct ProxyArgs {
     /// Where the admin API listens (/ready, /metrics, /config, /clusters).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// Serve the Toxiproxy HTTP API here (off unless given; Toxiproxy's port is 8474), so
+    /// Toxiproxy's clients make tcp proxies with L4 toxics (latency, bandwidth, slow_close,
+    /// timeout, reset_peer, slicer, limit_data) on this proxy. Port 0 picks a free port; the
+    /// address bound is logged and shown in the admin /config.
+    #[arg(long, value_name = "ADDR")]
+    pub toxiproxy_listen: Option<SocketAddr>,
     /// How long open connections may finish on shutdown or when their listener is removed.
     #[arg(long, default_value = "30s")]
     pub drain_timeout: Duration,
@@ -273,6 +279,13 @@ pub struct UpArgs {
     /// Where the control plane listens (REST and gRPC).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub control: SocketAddr,
+    /// Where the proxy serves the Toxiproxy HTTP API (L4 toxics on tcp proxies, for
+    /// Toxiproxy's clients).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8474")]
+    pub toxiproxy_listen: SocketAddr,
+    /// Do not serve the Toxiproxy API.
+    #[arg(long, conflicts_with = "toxiproxy_listen")]
+    pub no_toxiproxy: bool,
     /// Where the control plane keeps its store and admin token, and the proxy its copy of the
     /// config: the same folder `weft get …` reads the token from by default.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
