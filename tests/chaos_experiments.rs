@@ -13,12 +13,17 @@ use std::time::{Duration, Instant};
 use support::control::Control;
 use support::filters::builtin;
 use support::managed::Managed;
-use support::upstream::echo;
+use support::upstream::{echo, tcp_echo};
 use support::{eventually, raw_exchange};
 
 /// Pushes the chaos filter and applies listeners `public` and `internal` (port 0, both through
 /// the chaos filter) to `web`.
 async fn deploy(control: &Control, web: &str) {
+    deploy_with(control, web, "", "").await
+}
+
+/// As [`deploy`], with more listeners and clusters (YAML list items, one per line).
+async fn deploy_with(control: &Control, web: &str, listeners: &str, clusters: &str) {
     let pushed = control.call("POST", "/v1/modules", &std::fs::read(builtin("chaos")).unwrap()).await;
     assert!(matches!(pushed.status, 200 | 201), "{}", pushed.text());
     let digest = pushed.json()["digest"].as_str().unwrap().to_owned();
@@ -27,8 +32,10 @@ async fn deploy(control: &Control, web: &str) {
 listeners:
   - {{ name: public, address: "127.0.0.1:0", filters: [chaos], cluster: web }}
   - {{ name: internal, address: "127.0.0.1:0", filters: [chaos], cluster: web }}
+{listeners}
 clusters:
   - {{ name: web, endpoints: ["{web}"] }}
+{clusters}
 filters:
   - {{ name: chaos, module: "{digest}" }}
 "#
@@ -317,4 +324,43 @@ async fn an_invalid_experiment_is_refused_whole_with_its_fields_named() {
     assert_eq!(output.status.code(), Some(2));
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("bad.yaml") && said.contains("faults[0].delay.fixed"), "{said}");
+}
+
+/// One echo round trip on a new connection to `addr`: how long it took.
+async fn echo_round_trip(addr: SocketAddr) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut answer = [0u8; 4];
+    tokio::time::timeout(support::PATIENCE, stream.read_exact(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(&answer, b"ping");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_toxic_experiment_slows_a_tcp_listener_until_its_end() {
+    let (web, database) = (echo("web").await, tcp_echo().await);
+    let control = Control::start().await;
+    let listener = "  - { name: db, address: \"127.0.0.1:0\", protocol: tcp, cluster: database }";
+    let cluster = format!("  - {{ name: database, endpoints: [\"{}\"] }}", database.endpoint());
+    deploy_with(&control, &web.endpoint(), listener, &cluster).await;
+    let proxy = Managed::start(&control, "edge-1", &[]);
+    let addr = proxy.addr("db").await;
+    assert!(echo_round_trip(addr).await < Duration::from_millis(300));
+
+    let started = run(
+        &control,
+        "target: { listener: db }\n\
+         faults: [ { toxic: { type: latency, stream: downstream, attributes: { latency: 300 } } } ]\n\
+         duration: 3s\nobserve: 0s",
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    until_event(&control, &id, "faults_applied", Some("edge-1")).await;
+    assert!(echo_round_trip(addr).await >= Duration::from_millis(300), "the toxic holds the answer");
+    let ended = until_ended(&control, &id).await;
+    assert_eq!(ended["ended"]["reason"], "completed");
+    assert!(ended["results"]["proxies"][0]["toxics"].as_u64().unwrap() >= 1, "{:#}", ended["results"]);
+    assert!(echo_round_trip(addr).await < Duration::from_millis(300), "the toxic is gone with the experiment");
 }

@@ -92,6 +92,9 @@ pub struct Report {
     pub aborts: u64,
     #[serde(default)]
     pub throttles: u64,
+    /// Connections the experiment's toxics acted on (their toxicity roll said so).
+    #[serde(default)]
+    pub toxics: u64,
 }
 
 impl Report {
@@ -107,6 +110,7 @@ impl Report {
             delays: self.delays.saturating_sub(earlier.delays),
             aborts: self.aborts.saturating_sub(earlier.aborts),
             throttles: self.throttles.saturating_sub(earlier.throttles),
+            toxics: self.toxics.saturating_sub(earlier.toxics),
         }
     }
 
@@ -123,6 +127,7 @@ impl Report {
         self.delays += other.delays;
         self.aborts += other.aborts;
         self.throttles += other.throttles;
+        self.toxics += other.toxics;
     }
 }
 

@@ -4,7 +4,7 @@
 //! plane, whose guards end an experiment that hurts too much. With no experiment running, a
 //! request pays one atomic load for all this.
 
-use crate::metrics::{FilterMetricLabels, Metrics, Name};
+use crate::metrics::{FilterMetricLabels, Metrics, Name, ToxicLabels};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,9 @@ pub struct Probe {
     pub target: Target,
     /// The chaos filter that injects the experiment's faults, once there is one.
     filter: Mutex<Option<Name>>,
+    /// The experiment's toxics: their listener, their types, and how many connections toxics of
+    /// those types had acted on there before.
+    toxics: Mutex<Option<(Name, Vec<&'static str>, u64)>>,
     requests: AtomicU64,
     errors: AtomicU64,
     latency: Vec<AtomicU64>,
@@ -28,6 +31,7 @@ impl Probe {
             id: id.to_owned(),
             target,
             filter: Mutex::new(None),
+            toxics: Mutex::new(None),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: (0..latency::BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -37,6 +41,14 @@ impl Probe {
     /// Names the chaos filter whose counters say what was injected for this experiment.
     pub fn injected_by(&self, filter: &str) {
         *self.filter.lock().unwrap_or_else(|e| e.into_inner()) = Some(Name::new(filter));
+    }
+
+    /// Names the toxics (by type) the experiment put on `listener`, whose connections it counts
+    /// from now.
+    pub fn toxics_on(&self, listener: &str, types: Vec<&'static str>, metrics: &Metrics) {
+        let listener = Name::new(listener);
+        let before = toxic_connections(metrics, &listener, &types);
+        *self.toxics.lock().unwrap_or_else(|e| e.into_inner()) = Some((listener, types, before));
     }
 
     /// Counts one request (or connection) of the target that ended.
@@ -61,7 +73,12 @@ impl Probe {
                 metrics.filter_counters.get_or_create(&FilterMetricLabels { filter: filter.clone(), name }).get()
             })
         };
+        let toxics = match &*self.toxics.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((listener, types, before)) => toxic_connections(metrics, listener, types).saturating_sub(*before),
+            None => 0,
+        };
         Report {
+            toxics,
             id: self.id.clone(),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -71,6 +88,13 @@ impl Probe {
             throttles: injected("throttles"),
         }
     }
+}
+
+fn toxic_connections(metrics: &Metrics, listener: &Name, types: &[&'static str]) -> u64 {
+    types
+        .iter()
+        .map(|toxic| metrics.toxic_connections.get_or_create(&ToxicLabels { listener: listener.clone(), toxic }).get())
+        .sum()
 }
 
 /// The probes of the experiments running on this proxy.

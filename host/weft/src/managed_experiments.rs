@@ -8,13 +8,14 @@
 
 use anyhow::{anyhow, bail};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Mutex};
 use weft_config::Config;
 use weft_proto::experiments::Assignment;
 use weft_proxy::probes::Probe;
-use weft_proxy::Proxy;
+use weft_proxy::{Proxy, Toxic};
 
 /// What the proxy was last asked to run, and when the next fault ends.
 pub struct Experiments {
@@ -26,7 +27,12 @@ pub struct Experiments {
 struct Asked {
     resources: Option<Value>,
     assignments: Vec<Assignment>,
+    /// The toxics put on tcp listeners, by experiment: the listener and the toxics' names.
+    toxics: BTreeMap<String, (String, Vec<String>)>,
 }
+
+/// An experiment's toxics, ready to go on their listener.
+type Toxics = BTreeMap<String, (String, Vec<Toxic>)>;
 
 impl Experiments {
     /// Starts the task that takes each fault out when its end time passes.
@@ -59,9 +65,13 @@ impl Experiments {
     /// assignment's target. On error nothing changed.
     pub async fn take(&self, proxy: &Proxy, resources: Value, assignments: Vec<Assignment>) -> anyhow::Result<()> {
         let mut asked = self.asked.lock().await;
-        let config = overlay(&resources, &assignments, now_ms())?;
+        let now = now_ms();
+        let config = overlay(&resources, &assignments, now)?;
         let config = Config::from_value(config).map_err(|e| anyhow!("{e}"))?;
+        let toxics = wanted_toxics(&assignments, now)?;
         proxy.apply(config).await.map_err(|e| anyhow!("{e}"))?;
+        watch_targets(proxy, &assignments);
+        place_toxics(proxy, &mut asked.toxics, toxics)?;
         let before: Vec<String> =
             asked.assignments.iter().filter(|a| a.inject.is_some()).map(|a| a.id.clone()).collect();
         for assignment in &assignments {
@@ -73,7 +83,6 @@ impl Experiments {
                 _ => {}
             }
         }
-        watch_targets(proxy, &assignments);
         asked.resources = Some(resources);
         asked.assignments = assignments;
         self.next_end.send_replace(next_end(&asked.assignments, now_ms()));
@@ -92,10 +101,14 @@ impl Experiments {
             .map(|a| a.id.clone())
             .collect();
         let reloaded = match overlay(&resources, &asked.assignments, now).map(Config::from_value) {
-            Ok(Ok(config)) => proxy.apply(config).await.map_err(|e| e.to_string()),
+            Ok(Ok(config)) => proxy.apply(config).await.map(|_| ()).map_err(|e| e.to_string()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(error) => Err(format!("{error:#}")),
         };
+        // Toxics end by themselves at their `expires`; this only forgets them.
+        if let Ok(toxics) = wanted_toxics(&asked.assignments, now) {
+            let _ = place_toxics(proxy, &mut asked.toxics, toxics);
+        }
         match reloaded {
             Ok(_) => {
                 for id in &ended {
@@ -114,6 +127,73 @@ impl Experiments {
         }
         self.next_end.send_replace(next_end(&asked.assignments, now));
     }
+}
+
+/// The toxics of each injecting assignment that has not ended, each ending at the assignment's
+/// end time; an error names the experiment and what is wrong.
+fn wanted_toxics(assignments: &[Assignment], now_ms: u64) -> anyhow::Result<Toxics> {
+    let mut wanted = Toxics::new();
+    for assignment in assignments {
+        let Some(inject) = assignment.inject.as_ref().filter(|i| i.ends_at_ms > now_ms && !i.toxics.is_empty()) else {
+            continue;
+        };
+        let Some(listener) = assignment.target.listener.clone() else {
+            bail!("experiment {}: toxics need the tcp listener they act on", assignment.id);
+        };
+        let toxics = inject
+            .toxics
+            .iter()
+            .map(|json| {
+                let mut toxic =
+                    Toxic::from_json(json).map_err(|e| anyhow!("experiment {}: toxic {json}: {e}", assignment.id))?;
+                toxic.expires = Some(at(inject.ends_at_ms));
+                toxic.validate().map_err(|e| anyhow!("experiment {}: toxic {}: {e}", assignment.id, toxic.name))?;
+                Ok(toxic)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        wanted.insert(assignment.id.clone(), (listener, toxics));
+    }
+    Ok(wanted)
+}
+
+/// Takes off the toxics of experiments no longer injecting and puts on those of new ones.
+fn place_toxics(
+    proxy: &Proxy,
+    placed: &mut BTreeMap<String, (String, Vec<String>)>,
+    wanted: Toxics,
+) -> anyhow::Result<()> {
+    let ended: Vec<String> = placed.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
+    for id in ended {
+        if let Some((listener, names)) = placed.remove(&id) {
+            for name in names {
+                // Gone already when it expired by itself.
+                let _ = proxy.toxics().remove(&listener, &name);
+            }
+        }
+    }
+    for (id, (listener, toxics)) in wanted {
+        if placed.contains_key(&id) {
+            continue;
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut types = Vec::new();
+        for toxic in toxics {
+            let name = toxic.name.clone();
+            types.push(toxic.kind.type_name());
+            if let Err(error) = proxy.toxics().add(&listener, toxic) {
+                for added in &names {
+                    let _ = proxy.toxics().remove(&listener, added);
+                }
+                bail!("experiment {id}: toxic {name} on listener {listener:?}: {error}");
+            }
+            names.push(name);
+        }
+        if let Some(probe) = proxy.probes().get(&id) {
+            probe.toxics_on(&listener, types, proxy.metrics());
+        }
+        placed.insert(id, (listener, names));
+    }
+    Ok(())
 }
 
 /// The probes for `assignments`, keeping the counts of those that ran already.

@@ -110,6 +110,7 @@ impl Measures {
                 delays: latest.delays,
                 aborts: latest.aborts,
                 throttles: latest.throttles,
+                toxics: latest.toxics,
                 applied_at_ms: measure.applied_at_ms,
                 removed_at_ms: measure.removed_at_ms,
                 refused: measure.refused.clone(),

@@ -78,6 +78,9 @@ pub struct ProxyResult {
     pub delays: u64,
     pub aborts: u64,
     pub throttles: u64,
+    /// Connections the toxics acted on.
+    #[serde(default)]
+    pub toxics: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
