@@ -5,6 +5,8 @@
 //! Quartz and others have it: `*/30 * * * * *` is every 30 seconds); without it, second 0. This much is all a schedule of experiments
 //! needs, so it is written here rather than bringing in a date-time library for it.
 
+use crate::records::civil_from_days;
+
 /// A parsed expression.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
@@ -126,19 +128,6 @@ fn field(text: &str, min: u32, max: u32, name: &str) -> Result<u64, String> {
         }
     }
     Ok(set)
-}
-
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]
