@@ -79,6 +79,25 @@ async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
         String::from_utf8_lossy(&listed.stderr)
     );
 
+    // The tour's chaos experiment runs on weft up's proxy; started detached, then aborted.
+    let experiment = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/chaos/try-it.yaml");
+    let chaos = |args: &[&str]| {
+        Command::new(support::weft::binary())
+            .arg("chaos")
+            .args(args)
+            .args(["--control", &format!("http://{}", ports[4])])
+            .current_dir(dir.path())
+            .env_remove("WEFT_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let started = chaos(&["run", "--detach", experiment.to_str().unwrap()]);
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    assert!(started.status.success() && id.starts_with("exp-"), "{id}{}", String::from_utf8_lossy(&started.stderr));
+    assert!(String::from_utf8_lossy(&started.stderr).contains("started on 1 of 1 matching proxies (weft-up)"));
+    let aborted = chaos(&["abort", &id]);
+    assert!(String::from_utf8_lossy(&aborted.stdout).contains("ended (aborted"), "{aborted:?}");
+
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -268,6 +268,7 @@ fn print_tour(args: &UpArgs) {
         );
         println!("  curl -s -o /dev/null -w '%{{time_total}}s\\n' http://127.0.0.1:8475/   # half a second late: an L4 toxic");
     }
+    println!("  weft chaos run examples/chaos/try-it.yaml   # a 30s experiment delaying /hello, with its report");
     println!("  weft get proxies; weft get versions     # what the control plane knows (from this folder,");
     println!("                                          # it finds the token in {}/admin-token)", args.data.display());
     println!();
