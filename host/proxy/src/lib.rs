@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tls::mesh::MeshIdentity;
 use weft_config::{Config, FieldError};
 
 /// State every connection and request reaches: the snapshot in force and the metrics.
@@ -68,6 +69,8 @@ pub struct Proxy {
     filter_loader: Option<Arc<dyn chain::FilterLoader>>,
     /// What filters get from the proxy: its metrics and callouts to its clusters.
     filter_host: FilterHost,
+    /// The proxy's mesh identity, once [`Proxy::enable_mesh`] made one.
+    mesh: std::sync::OnceLock<Arc<MeshIdentity>>,
 }
 
 impl Proxy {
@@ -75,10 +78,15 @@ impl Proxy {
     pub async fn new(drain_timeout: Duration, filter_loader: Option<Arc<dyn chain::FilterLoader>>) -> Arc<Proxy> {
         let metrics = Metrics::new();
         let nowhere = Arc::new(callout::ClusterCallouts { shared: std::sync::Weak::new() });
-        let empty =
-            Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
-                .await
-                .unwrap_or_else(|_| unreachable!("an empty config always builds"));
+        let empty = Snapshot::build(
+            Config::default(),
+            0,
+            &FilterHost { metrics: metrics.clone(), callouts: nowhere },
+            None,
+            None,
+        )
+        .await
+        .unwrap_or_else(|_| unreachable!("an empty config always builds"));
         let shared =
             Arc::new(Shared { snapshot: ArcSwap::from_pointee(empty), metrics, next_connection: AtomicU64::new(1) });
         let callouts = Arc::new(callout::ClusterCallouts { shared: Arc::downgrade(&shared) });
@@ -89,7 +97,19 @@ impl Proxy {
             bound: Default::default(),
             drain_timeout,
             filter_loader,
+            mesh: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the proxy a mesh identity in `trust_domain` (once; later calls return the first),
+    /// for `mtls: mesh` listeners and clusters. It has no certificate until its owner sets one.
+    pub fn enable_mesh(&self, trust_domain: &str) -> Arc<MeshIdentity> {
+        self.mesh.get_or_init(|| MeshIdentity::new(trust_domain, self.shared.metrics.clone())).clone()
+    }
+
+    /// The mesh identity, when the proxy has one.
+    pub fn mesh(&self) -> Option<&Arc<MeshIdentity>> {
+        self.mesh.get()
     }
 
     /// Loads `config` whole or not at all. Returns the new version. On error nothing changed.
@@ -108,8 +128,9 @@ impl Proxy {
     async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {
         let mut running = self.listeners.lock().await;
         let version = self.shared.snapshot.load().version + 1;
-        let snapshot =
-            Arc::new(Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref()).await?);
+        let snapshot = Arc::new(
+            Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref(), self.mesh.get()).await?,
+        );
 
         // Bind what is new before touching anything, so a port in use refuses the config whole.
         let mut fresh = HashMap::new();
@@ -170,8 +191,9 @@ impl Proxy {
         }
     }
 
+    /// A config is loaded and, for a proxy with a mesh identity, its certificate too.
     pub fn is_ready(&self) -> bool {
-        self.shared.snapshot.load().version > 0
+        self.shared.snapshot.load().version > 0 && self.mesh.get().is_none_or(|mesh| mesh.is_loaded())
     }
 
     pub fn metrics(&self) -> &Metrics {
