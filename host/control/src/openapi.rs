@@ -3,9 +3,11 @@
 
 use serde_json::{json, Value};
 
+mod mesh;
+
 /// The document.
 pub fn document() -> Value {
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "weft control plane",
@@ -162,7 +164,9 @@ pub fn document() -> Value {
             "securitySchemes": { "admin": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas()
         }
-    })
+    });
+    mesh::extend(&mut document);
+    document
 }
 
 fn schemas() -> Value {

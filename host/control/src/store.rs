@@ -11,6 +11,7 @@
 //! - `module_info`: digest → (size, uploaded at, Unix ms)
 //! - `config_versions`: number → [`VersionRecord`] as JSON
 //! - `meta`: `format` (u64), `current_version` (u64), `admin_token_sha256` (32 bytes)
+//! - `mesh`, `join_tokens`, `proxy_credentials`: the mesh's CA and identities ([`mesh`])
 //!
 //! A refusal returns before `commit`: dropping a write transaction uncommitted aborts it.
 //! Calls block on disk I/O: async callers run them on the blocking pool.
@@ -136,6 +137,7 @@ impl Store {
             tx.open_table(MODULES)?;
             tx.open_table(MODULE_INFO)?;
             tx.open_table(VERSIONS)?;
+            Store::initialize_mesh(&tx)?;
             let mut meta = tx.open_table(META)?;
             let format = meta.get(FORMAT_KEY)?.map(|v| decode_u64(v.value())).transpose()?;
             match format {
@@ -366,6 +368,8 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)
 }
+
+pub mod mesh;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+pub mod identity;
+
 /// `Distribution/Stream`: the per-proxy config stream.
 pub const STREAM_PATH: &str = "/weft.control.v1.Distribution/Stream";
 /// `Distribution/FetchModule`: a module's bytes by digest.

@@ -4,8 +4,10 @@ mod cli;
 mod client;
 mod control_cmd;
 mod demo_upstream;
+mod identity;
 mod logging;
 mod managed;
+mod mesh_cmd;
 mod proxy_cmd;
 mod remote_cmd;
 mod table;
@@ -48,6 +50,8 @@ fn main() -> ExitCode {
             cli::Command::Apply(args) => remote_cmd::apply(&args).await,
             cli::Command::Get(args) => remote_cmd::get(&args).await,
             cli::Command::Rollback(args) => remote_cmd::rollback(&args).await,
+            cli::Command::Token(args) => mesh_cmd::token(&args).await,
+            cli::Command::Mesh(args) => mesh_cmd::mesh(&args).await,
         }
     });
     match outcome {

@@ -80,7 +80,25 @@ where
             let format = format_of(content_type.as_deref(), text);
             Ok(applied(plane.apply(text, format, author()?).await?))
         }
-        Endpoint::ListProxies => Ok(json_response(StatusCode::OK, &plane.proxies().to_json())),
+        Endpoint::ListProxies => {
+            let mut proxies = plane.proxies().to_json();
+            plane.mesh().annotate_proxies(&mut proxies);
+            Ok(json_response(StatusCode::OK, &proxies))
+        }
+        Endpoint::CreateToken
+        | Endpoint::ListTokens
+        | Endpoint::RevokeToken
+        | Endpoint::GetMesh
+        | Endpoint::StartRotation
+        | Endpoint::FinishRotation => {
+            let body = match endpoint {
+                Endpoint::CreateToken | Endpoint::StartRotation | Endpoint::FinishRotation => {
+                    read_body(request, MAX_SMALL_BODY).await?
+                }
+                _ => Bytes::new(),
+            };
+            super::mesh::serve(plane, endpoint, parameter().ok(), author()?, body).await
+        }
         Endpoint::ListVersions => {
             let (versions, current) = plane.versions().await?;
             let versions: Vec<Value> = versions.iter().map(|v| v.summary_json(current)).collect();

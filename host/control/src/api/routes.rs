@@ -17,6 +17,12 @@ pub enum Endpoint {
     ListVersions,
     Rollback,
     ListProxies,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
+    GetMesh,
+    StartRotation,
+    FinishRotation,
 }
 
 /// A method and a path pattern; `{name}` matches one path segment.
@@ -46,6 +52,12 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/config/versions", Endpoint::ListVersions),
     route(Method::POST, "/v1/config/rollback", Endpoint::Rollback),
     route(Method::GET, "/v1/proxies", Endpoint::ListProxies),
+    route(Method::POST, "/v1/tokens", Endpoint::CreateToken),
+    route(Method::GET, "/v1/tokens", Endpoint::ListTokens),
+    route(Method::DELETE, "/v1/tokens/{id}", Endpoint::RevokeToken),
+    route(Method::GET, "/v1/mesh", Endpoint::GetMesh),
+    route(Method::POST, "/v1/mesh/rotation", Endpoint::StartRotation),
+    route(Method::POST, "/v1/mesh/rotation/finish", Endpoint::FinishRotation),
 ];
 
 /// What a request's method and path matched.
