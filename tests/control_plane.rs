@@ -266,6 +266,12 @@ async fn the_openapi_document_describes_every_route() {
         ("get", "/v1/config/versions"),
         ("post", "/v1/config/rollback"),
         ("get", "/v1/proxies"),
+        ("post", "/v1/tokens"),
+        ("get", "/v1/tokens"),
+        ("delete", "/v1/tokens/{id}"),
+        ("get", "/v1/mesh"),
+        ("post", "/v1/mesh/rotation"),
+        ("post", "/v1/mesh/rotation/finish"),
     ];
     for (method, path) in routes {
         assert!(document["paths"][path][method]["responses"].is_object(), "{method} {path} is not described");
