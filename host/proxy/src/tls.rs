@@ -100,8 +100,8 @@ pub fn client_config(
 }
 
 /// Why `mtls: mesh` cannot be served by this proxy.
-const NO_MESH: &str = "mtls: mesh needs the proxy's mesh identity: run the proxy with --control and --service \
-                       (a proxy from a static config file has none)";
+const NO_MESH: &str = "this proxy has no mesh identity: run it with --control and --service (a proxy from a \
+                       static config file has none)";
 
 /// The TLS of a cluster's connections to its endpoint `host`, from its `tls` or its
 /// `mtls: mesh`; `None` for plain connections.

@@ -190,3 +190,23 @@ fn bundle_digests_follow_the_roots() {
     assert!(one.starts_with("sha256:") && one.len() == 71);
     assert_eq!(mesh.bundle_digest().as_deref().map(|d| d != one), Some(true));
 }
+
+#[test]
+fn mesh_listeners_and_clusters_need_a_proxy_with_a_mesh_identity() {
+    let config = weft_config::Config::parse(
+        "clusters: [{ name: backend, endpoints: [\"127.0.0.1:8443\"], mtls: mesh }]",
+        weft_config::Format::Yaml,
+    )
+    .unwrap();
+    let refused =
+        super::super::cluster_client_config(&config.clusters[0], "clusters[0]", "127.0.0.1", None).unwrap_err();
+    assert_eq!(refused.field, "clusters[0].mtls");
+    assert!(refused.reason.contains("no mesh identity"), "{refused}");
+    let refused = super::super::mesh_server_config(None, "mesh-in", "listeners[0]", &[]).unwrap_err();
+    assert_eq!(refused.field, "listeners[0].mtls");
+
+    let ca = Ca::new("mesh");
+    let mesh = identity(&ca, FRONTEND, &ca.pem());
+    let built = super::super::cluster_client_config(&config.clusters[0], "clusters[0]", "127.0.0.1", Some(&mesh));
+    assert!(built.unwrap().is_some());
+}
