@@ -23,11 +23,11 @@ impl Drop for Running {
 #[tokio::test]
 async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
     let dir = TempDir::new("up");
-    let ports: Vec<String> = (0..5).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let ports: Vec<String> = (0..6).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let filters = builtin("router").parent().unwrap().to_owned();
     let child = Command::new(support::weft::binary())
         .args(["up", "--listen", &ports[0], "--admin", &ports[1], "--upstream", &ports[2], "--canary", &ports[3]])
-        .args(["--control", &ports[4]])
+        .args(["--control", &ports[4], "--toxiproxy-listen", &ports[5]])
         .arg("--filters")
         .arg(&filters)
         .current_dir(dir.path())
@@ -49,6 +49,10 @@ async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
     }
     let tour = printed();
     assert!(tour.contains(&format!("http://{}/admin", ports[0])), "the tour names the proxy: {tour}");
+    assert!(tour.contains(&format!("http://{}/proxies/demo/toxics", ports[5])), "and the Toxiproxy API: {tour}");
+    let version =
+        raw_exchange(ports[5].parse().unwrap(), b"GET /version HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").await;
+    assert!(seen(&version.body)["version"].is_string(), "the Toxiproxy API answers: {version:?}");
 
     let proxy = ports[0].parse().unwrap();
     let ask =
@@ -74,6 +78,25 @@ async fn weft_up_deploys_the_built_in_filters_and_stops_on_ctrl_c() {
         "{table}{}",
         String::from_utf8_lossy(&listed.stderr)
     );
+
+    // The tour's chaos experiment runs on weft up's proxy; started detached, then aborted.
+    let experiment = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/chaos/try-it.yaml");
+    let chaos = |args: &[&str]| {
+        Command::new(support::weft::binary())
+            .arg("chaos")
+            .args(args)
+            .args(["--control", &format!("http://{}", ports[4])])
+            .current_dir(dir.path())
+            .env_remove("WEFT_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let started = chaos(&["run", "--detach", experiment.to_str().unwrap()]);
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    assert!(started.status.success() && id.starts_with("exp-"), "{id}{}", String::from_utf8_lossy(&started.stderr));
+    assert!(String::from_utf8_lossy(&started.stderr).contains("started on 1 of 1 matching proxies (weft-up)"));
+    let aborted = chaos(&["abort", &id]);
+    assert!(String::from_utf8_lossy(&aborted.stdout).contains("ended (aborted"), "{aborted:?}");
 
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());

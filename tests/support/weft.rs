@@ -34,6 +34,11 @@ impl Weft {
 
     /// Starts `weft proxy` with `yaml` written to `config.yaml` in `dir` (certificates may be there).
     pub async fn start_in(dir: TempDir, yaml: &str) -> Weft {
+        Weft::start_with(dir, yaml, &[]).await
+    }
+
+    /// Like [`Weft::start_in`], with more flags for `weft proxy`.
+    pub async fn start_with(dir: TempDir, yaml: &str, extra: &[&str]) -> Weft {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
@@ -44,6 +49,7 @@ impl Weft {
             .args(["--admin", &admin.to_string(), "--drain-timeout", "5s", "--log-level", "info,weft_proxy=debug"])
             .arg("--cache-dir")
             .arg(dir.join("module-cache"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).unwrap())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
@@ -93,6 +99,14 @@ impl Weft {
         let response = get(self.admin, path).await;
         assert_eq!(response.status, 200, "admin {path}: {response:?}");
         serde_json::from_str(&response.body).unwrap()
+    }
+
+    /// Where the Toxiproxy API listens (started with `--toxiproxy-listen`).
+    pub async fn toxiproxy_api(&self) -> SocketAddr {
+        let config = self.admin_json("/config").await;
+        let address =
+            config["toxiproxy_api"].as_str().unwrap_or_else(|| panic!("no toxiproxy_api in /config: {config}"));
+        address.parse().unwrap()
     }
 
     pub async fn metrics(&self) -> String {

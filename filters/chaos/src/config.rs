@@ -59,6 +59,9 @@ pub struct Match {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub source_principal: Option<String>,
+    /// Only requests on this listener (by name); for a chaos filter several listeners share.
+    #[serde(default)]
+    pub listener: Option<String>,
 }
 
 #[derive(Deserialize)]

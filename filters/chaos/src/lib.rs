@@ -28,6 +28,9 @@ pub struct Chaos {
     throttle_kib_per_second: Option<u64>,
     /// This request counts in [`ACTIVE_KEY`] and must leave it when it ends.
     holds_slot: bool,
+    /// The name of the fault that fired, when it has one: its injections are also counted under
+    /// it (`chaos_delays_injected:NAME`), which is how an experiment learns what it did.
+    fault_name: Option<String>,
 }
 
 /// The faults that fired for one request.
@@ -46,7 +49,13 @@ impl Filter for Chaos {
     }
 
     fn new(config: &Rc<Config>) -> Self {
-        Chaos { config: config.clone(), abort_after_delay: None, throttle_kib_per_second: None, holds_slot: false }
+        Chaos {
+            config: config.clone(),
+            abort_after_delay: None,
+            throttle_kib_per_second: None,
+            holds_slot: false,
+            fault_name: None,
+        }
     }
 
     fn on_request_headers(&mut self, req: &mut Request) -> Result<Action> {
@@ -54,26 +63,27 @@ impl Filter for Chaos {
         if decision.delay.is_none() && decision.abort.is_none() {
             if let Some(fault) = self.first_matching(req)? {
                 decision = roll(fault);
+                self.fault_name = Some(fault.name.clone()).filter(|name| !name.is_empty());
             }
         }
         if (decision.delay.is_some() || decision.throttle.is_some()) && !self.take_slot()? {
             // Over the cap: this request is left alone rather than held.
-            count("chaos_faults_skipped");
+            self.count("chaos_faults_skipped");
             decision.delay = None;
             decision.throttle = None;
         }
         self.throttle_kib_per_second = decision.throttle;
         if decision.throttle.is_some() {
-            count("chaos_throttles_injected");
+            self.count("chaos_throttles_injected");
         }
         if let Some(delay) = decision.delay {
-            count("chaos_delays_injected");
+            self.count("chaos_delays_injected");
             self.abort_after_delay = decision.abort;
             return req.resume_after(delay);
         }
         match decision.abort {
             Some(answer) => {
-                count("chaos_aborts_injected");
+                self.count("chaos_aborts_injected");
                 req.respond(answer)
             }
             None => Ok(Action::Continue),
@@ -83,7 +93,7 @@ impl Filter for Chaos {
     fn on_timer(&mut self, req: &mut Request) -> Result<Action> {
         match self.abort_after_delay.take() {
             Some(answer) => {
-                count("chaos_aborts_injected");
+                self.count("chaos_aborts_injected");
                 req.respond(answer)
             }
             None => Ok(Action::Continue),
@@ -168,6 +178,14 @@ impl Chaos {
         Ok(None)
     }
 
+    /// Counts an injection (or a skip), and again under the fault's name when it has one.
+    fn count(&self, metric: &str) {
+        count(metric);
+        if let Some(name) = &self.fault_name {
+            count(&format!("{metric}:{name}"));
+        }
+    }
+
     /// Counts this request in the proxy-wide number of held requests, unless that is at the cap.
     fn take_slot(&mut self) -> Result<bool> {
         let cap = self.config.max_active_faults;
@@ -220,6 +238,11 @@ fn matches(rule: &Match, req: &Request, seen: &mut Seen) -> Result<bool> {
     }
     if let Some(principal) = &rule.source_principal {
         if req.source_principal()?.as_deref() != Some(principal.as_str()) {
+            return Ok(false);
+        }
+    }
+    if let Some(listener) = &rule.listener {
+        if req.property_text(&["listener_name"])?.as_deref() != Some(listener.as_str()) {
             return Ok(false);
         }
     }

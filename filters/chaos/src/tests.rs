@@ -218,3 +218,30 @@ fn bad_configs_are_refused_with_where_and_why() {
         .contains("faults[0].expires: invalid time \"tomorrow\""));
     assert!(refused(json!({ "fautls": [] })).contains("unknown field `fautls`"));
 }
+
+#[test]
+fn a_fault_for_one_listener_leaves_the_others_alone() {
+    let filter = chaos(json!({ "faults": [{ "match": { "listener": "public" }, "abort": { "status": 503 } }] }));
+    let mut elsewhere = filter.request(TestRequest::get("/").property("listener_name", b"internal"));
+    assert_eq!(elsewhere.send_request_headers(), Action::Continue);
+    let mut here = filter.request(TestRequest::get("/").property("listener_name", b"public"));
+    assert_eq!(here.send_request_headers(), Action::Pause);
+    assert_eq!(here.local_response().map(|a| a.status), Some(503));
+}
+
+#[test]
+fn a_named_fault_counts_its_injections_under_its_name_too() {
+    let filter = chaos(json!({ "faults": [
+        { "name": "experiment:exp-7", "match": { "path_prefix": "/checkout" }, "delay": { "fixed": "10ms" }, "abort": { "status": 500 } },
+        { "abort": { "status": 503 } }
+    ] }));
+    let mut named = filter.request(TestRequest::get("/checkout/pay"));
+    assert_eq!(named.send_request_headers(), Action::Pause);
+    filter.advance(Duration::from_millis(10));
+    assert_eq!(named.local_response().map(|a| a.status), Some(500));
+    let mut unnamed = filter.request(TestRequest::get("/other"));
+    unnamed.send_request_headers();
+    assert_eq!(filter.metric("chaos_delays_injected:experiment:exp-7"), Some(1));
+    assert_eq!(filter.metric("chaos_aborts_injected:experiment:exp-7"), Some(1), "the abort after the delay");
+    assert_eq!(filter.metric("chaos_aborts_injected"), Some(2), "both faults, in the filter-wide count");
+}

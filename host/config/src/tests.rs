@@ -200,13 +200,18 @@ fn resilience_settings_parse_with_their_defaults() {
 
 #[test]
 fn bad_resilience_settings_name_their_field() {
-    let errors =
-        errors_of(&RESILIENT.replace("grpc-unavailable]", "sometimes]").replace("max_pending: 10", "max_pending: 0"));
+    let errors = errors_of(
+        &RESILIENT
+            .replace("grpc-unavailable]", "sometimes]")
+            .replace("max_pending: 10", "max_pending: 0")
+            .replace("max_requests: 50", "max_requests: 0"),
+    );
     assert!(
         errors.iter().any(|e| e.starts_with("clusters[0].retries.retry_on[4]: \"sometimes\" is not a retry condition")),
         "{errors:?}"
     );
-    assert!(errors.iter().any(|e| e == "clusters[0].circuit_breaker.max_pending: must be at least 1"), "{errors:?}");
+    assert!(errors.iter().any(|e| e == "clusters[0].circuit_breaker.max_requests: must be at least 1"), "{errors:?}");
+    assert!(!errors.iter().any(|e| e.contains("max_pending")), "max_pending 0 means none may wait: {errors:?}");
     let errors = errors_of(
         &RESILIENT
             .replace("path: /healthz", "path: healthz")

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::codec::Streaming;
 use tonic::server::{Grpc, ServerStreamingService, StreamingService};
 use tonic::{Request, Response, Status};
+use weft_proto::experiments::encode_assignments;
 use weft_proto::{Codec, ControlMessage, ModuleChunk, ModuleRequest, ProxyMessage, FETCH_MODULE_PATH, STREAM_PATH};
 
 /// How long to wait after a new version for more: a script applying five files in a row makes
@@ -76,6 +77,12 @@ impl Proxies {
             })
             .collect();
         json!({ "proxies": list })
+    }
+
+    /// The proxies connected now, with their labels.
+    pub fn connected(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        let proxies = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.iter().filter(|(_, s)| s.connected).map(|(node, s)| (node.clone(), s.labels.clone())).collect()
     }
 
     fn update(&self, node: &str, change: impl FnOnce(&mut ProxyStatus)) {
@@ -163,12 +170,16 @@ async fn follow(
     });
     tracing::info!(%node, runs = hello.version, "proxy connected");
     let mut versions = plane.subscribe();
-    let mut sent = hello.version;
+    let mut experiments = plane.experiments().watch();
+    // What was sent last: the version and the experiments' JSON.
+    let mut sent = (hello.version, String::new());
     let mut nonces = 0u64;
-    let mut waiting: HashMap<String, u64> = HashMap::new();
+    let mut waiting: HashMap<String, Sent> = HashMap::new();
     loop {
         let current = *versions.borrow_and_update();
-        if current != sent && current > 0 {
+        let assignments = experiments.borrow_and_update().get(&node).cloned().unwrap_or_default();
+        let encoded = encode_assignments(&assignments);
+        if (current, &encoded) != (sent.0, &sent.1) && current > 0 {
             match meant_for(&plane, current, &labels) {
                 Ok(Some(record)) => {
                     nonces += 1;
@@ -184,19 +195,21 @@ async fn follow(
                             .collect::<std::collections::BTreeSet<_>>()
                             .into_iter()
                             .collect(),
+                        experiments: encoded.clone(),
                     };
                     let Ok(_permit) = proxies.pushes.clone().acquire_owned().await else { break };
                     if to_proxy.send(message).await.is_err() {
                         break;
                     }
-                    waiting.insert(nonce, current);
+                    let carried = assignments.iter().map(|a| (a.id.clone(), a.inject.is_some())).collect();
+                    waiting.insert(nonce, Sent { version: current, carried });
                     proxies.update(&node, |status| status.pending = Some(current));
-                    tracing::info!(%node, version = current, "config sent");
+                    tracing::info!(%node, version = current, experiments = assignments.len(), "config sent");
                 }
                 Ok(None) => tracing::debug!(%node, version = current, "version not meant for this proxy (selector)"),
                 Err(error) => tracing::error!(%node, version = current, %error, "cannot read the version to send"),
             }
-            sent = current;
+            sent = (current, encoded);
         }
         tokio::select! {
             changed = versions.changed() => {
@@ -205,14 +218,32 @@ async fn follow(
                 }
                 tokio::time::sleep(DEBOUNCE).await;
             }
+            changed = experiments.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
             answer = inbound.message() => match answer {
-                Ok(Some(answer)) => record_answer(proxies, &node, &mut waiting, answer),
+                Ok(Some(message)) if message.nonce.is_empty() && !message.reports.is_empty() => {
+                    match serde_json::from_str(&message.reports) {
+                        Ok(reports) => plane.experiments().reported(&node, reports),
+                        Err(error) => tracing::debug!(%node, %error, "unreadable experiment reports; ignored"),
+                    }
+                }
+                Ok(Some(answer)) => record_answer(&plane, &node, &mut waiting, answer),
                 Ok(None) | Err(_) => break,
             },
         }
     }
     proxies.update(&node, |status| status.connected = false);
+    plane.experiments().disconnected(&node);
     tracing::info!(%node, "proxy disconnected");
+}
+
+/// A message sent and not yet answered: its version and the experiments it carried (id, injecting).
+struct Sent {
+    version: u64,
+    carried: Vec<(String, bool)>,
 }
 
 /// The version's record if its selector matches the proxy's labels (an empty selector matches
@@ -227,12 +258,12 @@ fn meant_for(
     Ok(matches.then_some(record))
 }
 
-fn record_answer(proxies: &Proxies, node: &str, waiting: &mut HashMap<String, u64>, answer: ProxyMessage) {
-    let Some(version) = waiting.remove(&answer.nonce) else {
+fn record_answer(plane: &ControlPlane, node: &str, waiting: &mut HashMap<String, Sent>, answer: ProxyMessage) {
+    let Some(Sent { version, carried }) = waiting.remove(&answer.nonce) else {
         tracing::debug!(%node, nonce = %answer.nonce, "answer to no message sent on this stream; ignored");
         return;
     };
-    proxies.update(node, |status| {
+    plane.proxies().update(node, |status| {
         if status.pending == Some(version) {
             status.pending = None;
         }
@@ -242,6 +273,8 @@ fn record_answer(proxies: &Proxies, node: &str, waiting: &mut HashMap<String, u6
             status.last_rejection = Some((version, answer.error.clone(), now_ms()));
         }
     });
+    let refusal = (!answer.error.is_empty()).then_some(answer.error.as_str());
+    plane.experiments().acknowledged(node, &carried, refusal);
     if answer.error.is_empty() {
         tracing::info!(%node, version, "proxy acknowledged");
     } else {

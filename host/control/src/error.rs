@@ -14,6 +14,9 @@ pub enum ControlError {
     /// The config was refused whole; nothing changed.
     #[error("invalid config: {}", summarize(.0))]
     InvalidConfig(Vec<FieldError>),
+    /// The experiment was refused whole; nothing started.
+    #[error("invalid experiment: {}", summarize(.0))]
+    InvalidExperiment(Vec<FieldError>),
     /// The uploaded file is not a usable Proxy-Wasm module (the reason says why).
     #[error("{0}")]
     InvalidModule(String),
@@ -49,9 +52,10 @@ impl ControlError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ControlError::InvalidConfig(_) | ControlError::InvalidModule(_) | ControlError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ControlError::InvalidConfig(_)
+            | ControlError::InvalidExperiment(_)
+            | ControlError::InvalidModule(_)
+            | ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ControlError::Unauthorized => StatusCode::UNAUTHORIZED,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -64,7 +68,7 @@ impl ControlError {
     /// The JSON body of the answer.
     pub fn to_json(&self) -> Value {
         let mut body = json!({ "error": self.to_string() });
-        if let ControlError::InvalidConfig(errors) = self {
+        if let ControlError::InvalidConfig(errors) | ControlError::InvalidExperiment(errors) = self {
             body["errors"] = errors.iter().map(|e| json!({ "field": e.field, "reason": e.reason })).collect();
         }
         body

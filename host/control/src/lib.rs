@@ -11,6 +11,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod chaos;
 pub mod distribution;
 mod error;
 pub mod identity;

@@ -7,7 +7,21 @@ mod mesh;
 
 /// The document.
 pub fn document() -> Value {
-    let mut document = json!({
+    let mut document = base();
+    if let (Some(paths), Value::Object(more)) = (document["paths"].as_object_mut(), experiment_paths()) {
+        paths.extend(more);
+    }
+    if let (Some(schemas), Value::Object(more)) =
+        (document["components"]["schemas"].as_object_mut(), experiment_schemas())
+    {
+        schemas.extend(more);
+    }
+    mesh::extend(&mut document);
+    document
+}
+
+fn base() -> Value {
+    json!({
         "openapi": "3.1.0",
         "info": {
             "title": "weft control plane",
@@ -164,9 +178,7 @@ pub fn document() -> Value {
             "securitySchemes": { "admin": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas()
         }
-    });
-    mesh::extend(&mut document);
-    document
+    })
 }
 
 fn schemas() -> Value {
@@ -229,6 +241,108 @@ fn schemas() -> Value {
             "current": { "type": "integer", "description": "0 before the first apply" },
             "versions": { "type": "array", "items": schema_ref("VersionSummary") }
         }))
+    })
+}
+
+/// `/v1/experiments`: chaos experiments (docs/experiments.md).
+fn experiment_paths() -> Value {
+    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^exp-[0-9]+$" } });
+    json!({
+        "/v1/experiments": {
+            "get": {
+                "summary": "Every chaos experiment and schedule, oldest first",
+                "responses": { "200": json_of("ExperimentList", "the experiments"), "401": error("no or wrong token") }
+            },
+            "post": {
+                "summary": "Start a chaos experiment now, or create a schedule of runs (with `schedule`)",
+                "requestBody": { "required": true, "content": {
+                    "application/yaml": { "schema": schema_ref("ExperimentSpec") },
+                    "application/json": { "schema": schema_ref("ExperimentSpec") }
+                } },
+                "responses": {
+                    "201": json_of("Experiment", "started (or scheduled)"),
+                    "400": json_of("ConfigError", "the experiment is invalid; `errors` names each field"),
+                    "401": error("no or wrong token"),
+                    "409": error("no connected proxy matches, the blast radius allows none, or it overlaps an experiment going on the same listener")
+                }
+            }
+        },
+        "/v1/experiments/abort": {
+            "post": {
+                "summary": "The kill switch: end every experiment and schedule now; their faults are taken out at once",
+                "responses": {
+                    "200": { "description": "the ids ended", "content": { "application/json": { "schema": object(&["aborted"], json!({ "aborted": { "type": "array", "items": { "type": "string" } } })) } } },
+                    "401": error("no or wrong token")
+                }
+            }
+        },
+        "/v1/experiments/{id}": {
+            "parameters": [id.clone()],
+            "get": {
+                "summary": "An experiment with its timeline, guard readings and results (live while it runs)",
+                "responses": { "200": json_of("Experiment", "the experiment"), "401": error("no or wrong token"), "404": error("no such experiment") }
+            }
+        },
+        "/v1/experiments/{id}/abort": {
+            "parameters": [id],
+            "post": {
+                "summary": "End an experiment now (a schedule: no more runs); its faults are taken out at once",
+                "responses": { "200": json_of("Experiment", "ended (or over already)"), "401": error("no or wrong token"), "404": error("no such experiment") }
+            }
+        }
+    })
+}
+
+fn experiment_schemas() -> Value {
+    json!({
+        "ExperimentSpec": {
+            "type": "object",
+            "required": ["target", "faults", "duration"],
+            "description": "docs/experiments.md",
+            "properties": {
+                "name": { "type": "string" },
+                "target": { "type": "object", "properties": {
+                    "selector": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "listener": { "type": "string" }, "path": { "type": "string" }, "path_prefix": { "type": "string" },
+                    "methods": { "type": "array", "items": { "type": "string" } }, "source_principal": { "type": "string" }
+                } },
+                "faults": { "type": "array", "items": { "type": "object", "description": "one of delay, abort, grpc_abort, throttle, toxic" } },
+                "duration": { "type": "string", "examples": ["5m"] },
+                "observe": { "type": "string", "examples": ["10s"] },
+                "guard": { "type": "object", "properties": {
+                    "max_error_percent": { "type": "number" }, "max_p99": { "type": "string" },
+                    "min_requests": { "type": "integer" }, "window": { "type": "string" }
+                } },
+                "blast_radius": { "type": "object", "properties": {
+                    "max_proxies_percent": { "type": "number" }, "max_requests_percent": { "type": "number" }
+                } },
+                "schedule": { "type": "string", "description": "cron, five fields, UTC" },
+                "filter": { "type": "string", "description": "the chaos filter's name in the config (default chaos)" }
+            }
+        },
+        "ExperimentSummary": object(&["id", "status", "created_at"], json!({
+            "id": { "type": "string" },
+            "name": { "type": "string" },
+            "status": { "enum": ["scheduled", "observing", "injecting", "recovering", "ended"] },
+            "schedule": { "type": ["string", "null"] },
+            "schedule_of": { "type": ["string", "null"] },
+            "next_run_at": { "type": ["string", "null"], "format": "date-time" },
+            "created_at": { "type": "string", "format": "date-time" },
+            "proxies": { "type": "array", "items": { "type": "string" } },
+            "faults_at": { "type": ["string", "null"], "format": "date-time" },
+            "ended_at": { "type": ["string", "null"], "format": "date-time" },
+            "ended": { "type": ["object", "null"], "properties": { "reason": { "type": "string" }, "detail": { "type": "string" } } }
+        })),
+        "Experiment": {
+            "allOf": [schema_ref("ExperimentSummary")],
+            "properties": {
+                "spec": schema_ref("ExperimentSpec"),
+                "timeline": { "type": "array", "items": { "type": "object" } },
+                "readings": { "type": "array", "items": { "type": "object" } },
+                "results": { "type": ["object", "null"], "description": "before, during, after, and per proxy" }
+            }
+        },
+        "ExperimentList": object(&["experiments"], json!({ "experiments": { "type": "array", "items": schema_ref("ExperimentSummary") } }))
     })
 }
 

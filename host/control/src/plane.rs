@@ -71,6 +71,8 @@ pub struct ControlPlane {
     current: watch::Sender<u64>,
     /// The proxies that connected, and what they run.
     proxies: crate::distribution::Proxies,
+    /// Chaos experiments, going and past.
+    experiments: Arc<crate::chaos::Experiments>,
     /// The mesh's CA and the proxies' identities.
     mesh: Arc<crate::identity::Mesh>,
 }
@@ -104,7 +106,8 @@ impl ControlPlane {
         let (current, _) = watch::channel(store.current_version()?);
         let proxies = crate::distribution::Proxies::new();
         let mesh = Arc::new(crate::identity::Mesh::open(&store, &settings.identity)?);
-        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies, mesh }), origin))
+        let experiments = Arc::new(crate::chaos::Experiments::open(store.clone())?);
+        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies, experiments, mesh }), origin))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -114,6 +117,11 @@ impl ControlPlane {
     /// The store, for readers that need more than the operations here (the distribution).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The chaos experiments.
+    pub fn experiments(&self) -> &Arc<crate::chaos::Experiments> {
+        &self.experiments
     }
 
     /// The proxies that connected since the control plane started.

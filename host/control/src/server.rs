@@ -22,6 +22,7 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` completes, then lets requests in flight finish (up to [`GRACE`]).
 pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: impl Future<Output = ()>) {
+    plane.experiments().resume(&plane);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let maintenance = tokio::spawn(crate::identity::grpc::maintain(plane.clone()));

@@ -12,6 +12,7 @@
 //! - `config_versions`: number → [`VersionRecord`] as JSON
 //! - `meta`: `format` (u64), `current_version` (u64), `admin_token_sha256` (32 bytes)
 //! - `mesh`, `join_tokens`, `proxy_credentials`: the mesh's CA and identities ([`mesh`])
+//! - `experiments`: number → a chaos experiment's record as JSON ([`experiments`])
 //!
 //! A refusal returns before `commit`: dropping a write transaction uncommitted aborts it.
 //! Calls block on disk I/O: async callers run them on the blocking pool.
@@ -369,6 +370,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)
 }
 
+mod experiments;
 pub mod mesh;
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+pub mod experiments;
 pub mod identity;
 
 /// `Distribution/Stream`: the per-proxy config stream.
@@ -37,6 +38,11 @@ pub struct ProxyMessage {
     /// Empty: ACK, the version runs. Otherwise NACK: why it could not be loaded.
     #[prost(string, tag = "5")]
     pub error: String,
+    /// Not an answer (the nonce is empty) but the proxy's measurements for its chaos
+    /// experiments: [`experiments::Report`]s as JSON, sent every
+    /// [`experiments::REPORT_INTERVAL`] while it has any.
+    #[prost(string, tag = "6")]
+    pub reports: String,
 }
 
 /// From the control plane: a config version for this proxy.
@@ -53,6 +59,10 @@ pub struct ControlMessage {
     /// The `sha256:<hex>` digests of the modules the resources load.
     #[prost(string, repeated, tag = "4")]
     pub modules: Vec<String>,
+    /// The chaos experiments this proxy takes part in now, all of them ([`experiments::Assignment`]s
+    /// as JSON; empty: none). A message is sent when they change, with the same version.
+    #[prost(string, tag = "5")]
+    pub experiments: String,
 }
 
 /// A module wanted, by digest.
@@ -82,6 +92,7 @@ mod tests {
             version: 3,
             nonce: String::new(),
             error: String::new(),
+            reports: String::new(),
         };
         assert_eq!(ProxyMessage::decode(hello.encode_to_vec().as_slice()).unwrap(), hello);
         let push = ControlMessage {
@@ -89,6 +100,7 @@ mod tests {
             nonce: "4-1".into(),
             resources: "{}".into(),
             modules: vec!["sha256:00".into()],
+            experiments: "[]".into(),
         };
         assert_eq!(ControlMessage::decode(push.encode_to_vec().as_slice()).unwrap(), push);
     }

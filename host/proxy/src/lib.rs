@@ -13,9 +13,11 @@ pub mod cluster;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod probes;
 pub mod snapshot;
-mod tcp;
+pub mod tcp;
 pub mod tls;
+pub mod toxiproxy;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
@@ -28,13 +30,19 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+pub use tcp::toxic::{Stream, Toxic, ToxicError, ToxicKind};
+pub use tcp::toxics::Toxics;
 use tls::mesh::MeshIdentity;
-use weft_config::{Config, FieldError};
+use weft_config::{Config, FieldError, ListenerProtocol};
 
 /// State every connection and request reaches: the snapshot in force and the metrics.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// What the chaos experiments running here measure.
+    pub probes: probes::Probes,
+    /// The L4 toxics of every tcp listener.
+    pub toxics: Arc<Toxics>,
     next_connection: AtomicU64,
 }
 
@@ -69,6 +77,10 @@ pub struct Proxy {
     filter_loader: Option<Arc<dyn chain::FilterLoader>>,
     /// What filters get from the proxy: its metrics and callouts to its clusters.
     filter_host: FilterHost,
+    /// The proxies made through the Toxiproxy API, beside the config's listeners.
+    toxiproxy: toxiproxy::ToxiproxyProxies,
+    /// Where the Toxiproxy API listens, once it does.
+    toxiproxy_api: std::sync::OnceLock<SocketAddr>,
     /// The proxy's mesh identity, once [`Proxy::enable_mesh`] made one.
     mesh: std::sync::OnceLock<Arc<MeshIdentity>>,
 }
@@ -87,11 +99,19 @@ impl Proxy {
         )
         .await
         .unwrap_or_else(|_| unreachable!("an empty config always builds"));
-        let shared =
-            Arc::new(Shared { snapshot: ArcSwap::from_pointee(empty), metrics, next_connection: AtomicU64::new(1) });
+        let toxics = Toxics::new(metrics.clone());
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(empty),
+            metrics,
+            probes: Default::default(),
+            toxics,
+            next_connection: AtomicU64::new(1),
+        });
         let callouts = Arc::new(callout::ClusterCallouts { shared: Arc::downgrade(&shared) });
         Arc::new(Proxy {
             filter_host: FilterHost { metrics: shared.metrics.clone(), callouts },
+            toxiproxy: toxiproxy::ToxiproxyProxies::new(shared.clone()),
+            toxiproxy_api: Default::default(),
             shared,
             listeners: Default::default(),
             bound: Default::default(),
@@ -128,6 +148,22 @@ impl Proxy {
     async fn apply_inner(&self, config: Config) -> Result<u64, LoadError> {
         let mut running = self.listeners.lock().await;
         let version = self.shared.snapshot.load().version + 1;
+        // A Toxiproxy proxy's name stays its own: its toxics are kept under it.
+        let taken: Vec<FieldError> = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| self.toxiproxy.has(&l.name))
+            .map(|(i, l)| {
+                FieldError::new(
+                    format!("listeners[{i}].name"),
+                    format!("{:?} is the name of a proxy made through the Toxiproxy API", l.name),
+                )
+            })
+            .collect();
+        if !taken.is_empty() {
+            return Err(taken.into());
+        }
         let snapshot = Arc::new(
             Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref(), self.mesh.get()).await?,
         );
@@ -158,6 +194,9 @@ impl Proxy {
 
         self.shared.snapshot.store(snapshot.clone());
         self.shared.metrics.config_version.set(version as i64);
+        self.shared.toxics.set_config_listeners(
+            snapshot.config.listeners.iter().filter(|l| l.protocol == ListenerProtocol::Tcp).map(|l| l.name.clone()),
+        );
 
         let mut retired = Vec::new();
         for (name, (address, socket)) in fresh {
@@ -183,7 +222,9 @@ impl Proxy {
     }
 
     /// Stops accepting everywhere and waits (at most the drain timeout) for open connections.
+    /// Toxiproxy proxies stop at once, their connections cut.
     pub async fn shutdown(&self) {
+        self.toxiproxy.shutdown().await;
         let mut running = self.listeners.lock().await;
         let tasks: Vec<_> = running.drain().map(|(_, listener)| listener.stop(self.drain_timeout)).collect();
         for task in tasks {
@@ -196,8 +237,29 @@ impl Proxy {
         self.shared.snapshot.load().version > 0 && self.mesh.get().is_none_or(|mesh| mesh.is_loaded())
     }
 
+    /// The L4 toxics engine: add, update and remove named toxics on any tcp listener (from the
+    /// config, or made through the Toxiproxy API) by the listener's name.
+    pub fn toxics(&self) -> &Arc<Toxics> {
+        &self.shared.toxics
+    }
+
+    /// The proxies made through the Toxiproxy API.
+    pub fn toxiproxy(&self) -> &toxiproxy::ToxiproxyProxies {
+        &self.toxiproxy
+    }
+
+    /// Where the Toxiproxy API listens, when it was started.
+    pub fn toxiproxy_api(&self) -> Option<SocketAddr> {
+        self.toxiproxy_api.get().copied()
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The measurements of the chaos experiments running on this proxy.
+    pub fn probes(&self) -> &probes::Probes {
+        &self.shared.probes
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -216,6 +278,7 @@ impl Proxy {
             "version": snapshot.version,
             "digest": snapshot.digest,
             "listeners": self.bound_addresses(),
+            "toxiproxy_api": self.toxiproxy_api().map(|a| a.to_string()),
             "config": snapshot.config,
         })
     }

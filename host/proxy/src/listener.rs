@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -201,7 +200,7 @@ async fn serve_connection(
 
 async fn dispatch<IO>(io: IO, conn: Downstream, state: Arc<ListenerState>, shared: Arc<Shared>, watcher: Watcher)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: crate::tcp::Socket + 'static,
 {
     if state.config.protocol == ListenerProtocol::Tcp {
         return crate::tcp::serve(io, conn, state, shared).await;

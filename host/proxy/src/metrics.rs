@@ -106,6 +106,14 @@ pub struct FilterMetricLabels {
     pub name: Name,
 }
 
+/// A toxic's kind on a tcp listener (or Toxiproxy proxy).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToxicLabels {
+    pub listener: Name,
+    /// The toxic's type (`latency`, `reset_peer`, …).
+    pub toxic: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -141,6 +149,12 @@ pub struct Metrics {
     pub upstream_pending_overflow: Family<ClusterLabels, Counter>,
     pub tcp_bytes_received: Family<ListenerLabels, Counter>,
     pub tcp_bytes_sent: Family<ListenerLabels, Counter>,
+    /// Toxics in force per tcp listener (or Toxiproxy proxy).
+    pub toxics_active: Family<ListenerLabels, Gauge>,
+    /// Connections a toxic acted on (its toxicity roll said so), by listener and toxic type.
+    pub toxic_connections: Family<ToxicLabels, Counter>,
+    /// Toxiproxy proxies, by whether they are enabled (`true`/`false`).
+    pub toxiproxy_proxies: Family<ResultLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     /// When the proxy's mesh certificate expires, Unix seconds (0: no mesh identity).
@@ -189,6 +203,9 @@ impl Metrics {
             upstream_pending_overflow: Family::default(),
             tcp_bytes_received: Family::default(),
             tcp_bytes_sent: Family::default(),
+            toxics_active: Family::default(),
+            toxic_connections: Family::default(),
+            toxiproxy_proxies: Family::default(),
             config_reloads: Family::default(),
             config_version: Gauge::default(),
             identity_cert_expiry: Gauge::default(),
@@ -285,6 +302,21 @@ impl Metrics {
             m.tcp_bytes_received.clone(),
         );
         registry.register("tcp_sent_bytes", "Bytes sent to clients on tcp listeners", m.tcp_bytes_sent.clone());
+        registry.register(
+            "toxics_active",
+            "L4 toxics in force per tcp listener or Toxiproxy proxy",
+            m.toxics_active.clone(),
+        );
+        registry.register(
+            "toxic_connections",
+            "Connections an L4 toxic acted on (after its toxicity roll), by listener and toxic type",
+            m.toxic_connections.clone(),
+        );
+        registry.register(
+            "toxiproxy_proxies",
+            "Proxies made through the Toxiproxy API, by whether they are enabled (result=enabled|disabled)",
+            m.toxiproxy_proxies.clone(),
+        );
         registry.register("config_reloads", "Config loads by result (ok, rejected)", m.config_reloads.clone());
         registry.register("config_version", "Version number of the config in force", m.config_version.clone());
         registry.register(

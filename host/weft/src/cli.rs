@@ -66,6 +66,9 @@ pub enum Command {
     Get(GetArgs),
     /// Make an earlier config version current again (as a new version: history only grows).
     Rollback(RollbackArgs),
+    /// Chaos experiments on a control plane: run one and follow it, list them, show one's
+    /// report, abort one or all (the kill switch).
+    Chaos(ChaosArgs),
     /// Join tokens, with which new proxies get their mesh identity.
     Token(crate::mesh_cmd::TokenArgs),
     /// The mesh's certificate authority: its status and root rotation.
@@ -159,6 +162,63 @@ pub enum Output {
 }
 
 #[derive(Args)]
+pub struct ChaosArgs {
+    #[command(subcommand)]
+    pub command: ChaosCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ChaosCommand {
+    /// Start an experiment (or a schedule of them) from FILE and follow it to its end.
+    ///
+    /// The experiment is checked whole first; nothing starts when any of it is wrong. While it
+    /// runs, what happens is printed as it happens (faults applied per proxy, guard readings), and
+    /// its report at the end. Ctrl-C aborts it: its faults are taken out at once. Exit code 0 when
+    /// it ran its course, 1 when its guard or someone ended it early, 2 when it was refused.
+    Run {
+        /// The experiment (YAML, or JSON when it ends in .json); `-` reads standard input.
+        file: PathBuf,
+        /// Start it and return at once, printing its id (follow it with `weft chaos show ID`).
+        #[arg(long)]
+        detach: bool,
+        /// Output format of the final report.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Every experiment and schedule: status, proxies, how each ended.
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// One experiment's report: target, faults, timeline, guard readings, results before,
+    /// during and after the faults, and each proxy's part (live while it runs).
+    Show {
+        /// The experiment's id (exp-7).
+        id: String,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// End an experiment now (a schedule: no more runs), or every one with --all: their faults
+    /// are taken out at once.
+    Abort {
+        /// The experiment's id (exp-7).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// The kill switch: every experiment and schedule.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Args)]
 pub struct RollbackArgs {
     /// The version to make current again (see `weft get versions`).
     pub version: u64,
@@ -194,6 +254,12 @@ pub struct ProxyArgs {
     /// Where the admin API listens (/ready, /metrics, /config, /clusters).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// Serve the Toxiproxy HTTP API here (off unless given; Toxiproxy's port is 8474), so
+    /// Toxiproxy's clients make tcp proxies with L4 toxics (latency, bandwidth, slow_close,
+    /// timeout, reset_peer, slicer, limit_data) on this proxy. Port 0 picks a free port; the
+    /// address bound is logged and shown in the admin /config.
+    #[arg(long, value_name = "ADDR")]
+    pub toxiproxy_listen: Option<SocketAddr>,
     /// How long open connections may finish on shutdown or when their listener is removed.
     #[arg(long, default_value = "30s")]
     pub drain_timeout: Duration,
@@ -223,6 +289,13 @@ pub struct UpArgs {
     /// Where the control plane listens (REST and gRPC).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub control: SocketAddr,
+    /// Where the proxy serves the Toxiproxy HTTP API (L4 toxics on tcp proxies, for
+    /// Toxiproxy's clients).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8474")]
+    pub toxiproxy_listen: SocketAddr,
+    /// Do not serve the Toxiproxy API.
+    #[arg(long, conflicts_with = "toxiproxy_listen")]
+    pub no_toxiproxy: bool,
     /// Where the control plane keeps its store and admin token, and the proxy its copy of the
     /// config: the same folder `weft get …` reads the token from by default.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]

@@ -1,5 +1,6 @@
 //! The `weft` binary: command-line parsing and wiring. The work happens in the library crates.
 
+mod chaos_cmd;
 mod cli;
 mod client;
 mod control_cmd;
@@ -7,6 +8,7 @@ mod demo_upstream;
 mod identity;
 mod logging;
 mod managed;
+mod managed_experiments;
 mod mesh_cmd;
 mod proxy_cmd;
 mod remote_cmd;
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             cli::Command::Rollback(args) => remote_cmd::rollback(&args).await,
             cli::Command::Token(args) => mesh_cmd::token(&args).await,
             cli::Command::Mesh(args) => mesh_cmd::mesh(&args).await,
+            cli::Command::Chaos(args) => chaos_cmd::run(args.command).await,
         }
     });
     match outcome {

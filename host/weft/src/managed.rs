@@ -5,6 +5,7 @@
 //! The last acknowledged config and its modules are kept in the data dir, so the proxy starts
 //! and serves from them while the control plane is away, and catches up when it returns.
 
+use crate::managed_experiments::Experiments;
 use anyhow::{anyhow, bail, Context};
 use http::uri::PathAndQuery;
 use http::Uri;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use weft_config::Config;
+use weft_proto::experiments::{decode_assignments, REPORT_INTERVAL};
 use weft_proto::{Codec, ControlMessage, ModuleChunk, ModuleRequest, ProxyMessage, FETCH_MODULE_PATH, STREAM_PATH};
 use weft_proxy::Proxy;
 
@@ -65,9 +67,10 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings) {
         }
     }
     let channel: Channel = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let experiments = Experiments::start(proxy.clone());
     let mut wait = FIRST_RETRY;
     loop {
-        match follow(&proxy, &settings, channel.clone(), &mut running).await {
+        match follow(&proxy, &settings, &experiments, channel.clone(), &mut running).await {
             Ok(heard) => {
                 tracing::warn!(control = %settings.control, "the control plane closed the stream");
                 if heard {
@@ -93,6 +96,7 @@ pub async fn run(proxy: Arc<Proxy>, settings: Settings) {
 async fn follow(
     proxy: &Proxy,
     settings: &Settings,
+    experiments: &Experiments,
     channel: Channel,
     running: &mut u64,
 ) -> Result<bool, (anyhow::Error, bool)> {
@@ -104,6 +108,7 @@ async fn follow(
         version: *running,
         nonce: String::new(),
         error: String::new(),
+        reports: String::new(),
     };
     to_control.send(hello).await.map_err(|_| (anyhow!("the outbound stream closed"), false))?;
     let outbound =
@@ -117,14 +122,33 @@ async fn follow(
         .into_inner();
     tracing::info!(control = %settings.control, node = %settings.node, "following the control plane");
     let mut heard = false;
+    let mut report_tick = tokio::time::interval(REPORT_INTERVAL);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let message = match inbound.message().await {
+        let received = tokio::select! {
+            received = inbound.message() => received,
+            _ = report_tick.tick() => {
+                let reports = proxy.probes().reports(proxy.metrics());
+                if !reports.is_empty() {
+                    let report = ProxyMessage {
+                        node: settings.node.clone(),
+                        reports: serde_json::to_string(&reports).unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    if to_control.send(report).await.is_err() {
+                        return Ok(heard);
+                    }
+                }
+                continue;
+            }
+        };
+        let message = match received {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(heard),
             Err(status) => return Err((anyhow!("{}", status.message()), heard)),
         };
         heard = true;
-        let outcome = take(proxy, settings, &grpc, &message).await;
+        let outcome = take(proxy, settings, experiments, &grpc, &message).await;
         let error = match outcome {
             Ok(()) => {
                 *running = message.version;
@@ -143,6 +167,7 @@ async fn follow(
             version: message.version,
             nonce: message.nonce,
             error,
+            reports: String::new(),
         };
         if to_control.send(answer).await.is_err() {
             return Ok(heard);
@@ -151,10 +176,11 @@ async fn follow(
 }
 
 /// Prepares a version whole (modules, then the config), swaps it in, and keeps it as the last
-/// acknowledged one.
+/// acknowledged one. The chaos experiments of the message are laid over the resources (not kept on disk).
 async fn take(
     proxy: &Proxy,
     settings: &Settings,
+    experiments: &Experiments,
     grpc: &tonic::client::Grpc<Channel>,
     message: &ControlMessage,
 ) -> anyhow::Result<()> {
@@ -163,8 +189,8 @@ async fn take(
     }
     let resources: serde_json::Value =
         serde_json::from_str(&message.resources).context("the resources are not JSON")?;
-    let config = Config::from_value(resources.clone()).map_err(|e| anyhow!("{e}"))?;
-    proxy.apply(config).await.map_err(|e| anyhow!("{e}"))?;
+    let assignments = decode_assignments(&message.experiments).context("the experiments are not readable")?;
+    experiments.take(proxy, resources.clone(), assignments).await?;
     save_last(&settings.data, message.version, &resources).context("cannot keep the config in the data dir")?;
     Ok(())
 }

@@ -46,6 +46,15 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot bind the admin API on {}", args.admin))?;
+    let toxiproxy = match args.toxiproxy_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot bind the Toxiproxy API on {address} (--toxiproxy-listen)"))?,
+        ),
+        None => None,
+    };
+    serve_toxiproxy(toxiproxy, &proxy);
     if let Some((path, config)) = file_config {
         proxy.apply(config).await.map_err(|e| {
             Failure::Invalid(e.errors.iter().map(|e| format!("{}: {e}", path.display())).collect::<Vec<_>>().join("\n"))
@@ -91,6 +100,16 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
     proxy.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the Toxiproxy API on `socket`, when there is one, and says where.
+pub fn serve_toxiproxy(socket: Option<tokio::net::TcpListener>, proxy: &Arc<Proxy>) {
+    let Some(socket) = socket else { return };
+    match socket.local_addr() {
+        Ok(address) => tracing::info!(toxiproxy = %address, "Toxiproxy API listening"),
+        Err(error) => tracing::warn!(%error, "the Toxiproxy API's socket has no address"),
+    }
+    tokio::spawn(weft_proxy::toxiproxy::serve(socket, proxy.clone()));
 }
 
 fn managed_settings(args: &ProxyArgs, control: &str) -> Result<crate::managed::Settings, Failure> {

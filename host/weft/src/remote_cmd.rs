@@ -35,21 +35,7 @@ pub async fn push(file: &Path, remote: &RemoteArgs) -> Result<(), Failure> {
 pub async fn apply(args: &ApplyArgs) -> Result<(), Failure> {
     let client = ControlClient::new(&args.remote)?;
     let name = args.file.display().to_string();
-    let (text, content_type) = if name == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Failure::Invalid(format!("standard input: cannot read: {e}")))?;
-        (text, None) // the control plane tells JSON from YAML by the first character
-    } else {
-        let text =
-            std::fs::read_to_string(&args.file).map_err(|e| Failure::Invalid(format!("{name}: cannot read: {e}")))?;
-        let content_type = match weft_config::Format::of_path(&args.file) {
-            weft_config::Format::Json => "application/json",
-            weft_config::Format::Yaml => "application/yaml",
-        };
-        (text, Some(content_type))
-    };
+    let (text, content_type) = read_document(&args.file)?;
     let reply = client.exchange(Method::POST, "/v1/config", content_type, Bytes::from(text)).await?;
     if reply.status == StatusCode::BAD_REQUEST {
         return Err(Failure::Invalid(field_errors(&name, &reply)));
@@ -67,8 +53,27 @@ pub async fn apply(args: &ApplyArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A document to send and its content type (`-`: standard input, whose format the control plane
+/// tells by its first character).
+pub fn read_document(file: &Path) -> Result<(String, Option<&'static str>), Failure> {
+    let name = file.display().to_string();
+    if name == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::Invalid(format!("standard input: cannot read: {e}")))?;
+        return Ok((text, None));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| Failure::Invalid(format!("{name}: cannot read: {e}")))?;
+    let content_type = match weft_config::Format::of_path(file) {
+        weft_config::Format::Json => "application/json",
+        weft_config::Format::Yaml => "application/yaml",
+    };
+    Ok((text, Some(content_type)))
+}
+
 /// The control plane's errors for a document, one line each, named by file and field.
-fn field_errors(name: &str, reply: &Reply) -> String {
+pub fn field_errors(name: &str, reply: &Reply) -> String {
     let body: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     let lines: Vec<String> = body["errors"]
         .as_array()
@@ -127,7 +132,7 @@ pub async fn get(args: &GetArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn text(value: &Value) -> String {
+pub fn text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         Value::Null => String::new(),

@@ -27,6 +27,12 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let canary = bind(args.canary, "the canary upstream", "--canary").await?;
     let admin = bind(args.admin, "the proxy's admin API", "--admin").await?;
     let control = bind(args.control, "the control plane", "--control").await?;
+    let toxiproxy = match args.no_toxiproxy {
+        true => None,
+        false => {
+            Some(bind(args.toxiproxy_listen, "the Toxiproxy API", "--toxiproxy-listen ADDR, or --no-toxiproxy,").await?)
+        }
+    };
     tokio::spawn(crate::demo_upstream::serve(upstream, "demo"));
     tokio::spawn(crate::demo_upstream::serve(canary, "demo-canary"));
 
@@ -48,6 +54,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     // The proxy follows the control plane like any other: over its gRPC stream, on loopback.
     let proxy = Proxy::new(Duration::from_secs(5), Some(Arc::new(wasm_loader(&args.data)?))).await;
     tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
+    crate::proxy_cmd::serve_toxiproxy(toxiproxy, &proxy);
     let settings = crate::managed::Settings {
         control: format!("http://{}", args.control).parse().context("the control plane's address")?,
         token: Some(token),
@@ -236,6 +243,12 @@ fn print_tour(args: &UpArgs) {
     );
     println!("  demo upstreams  http://{} (demo), http://{} (demo-canary)", args.upstream, args.canary);
     println!("  proxy admin     http://{}   (/ready /metrics /config /filters)", args.admin);
+    if !args.no_toxiproxy {
+        println!(
+            "  toxiproxy API   http://{}   (Toxiproxy's clients work unchanged: tcp proxies, L4 toxics)",
+            args.toxiproxy_listen
+        );
+    }
     println!();
     println!("Try:");
     println!("  curl -s {proxy}/hello                                   # routed to demo; it shows what it received");
@@ -248,6 +261,18 @@ fn print_tour(args: &UpArgs) {
     );
     println!("  curl -si -H 'x-weft-fault-abort: 418' {proxy}/ | head -1   # a fault asked for by header");
     println!("  curl -si {proxy}/old | grep -i location                 # a redirect by the router");
+    if !args.no_toxiproxy {
+        let api = format!("http://{}", args.toxiproxy_listen);
+        println!(
+            "  curl -s {api}/proxies -d '{{\"name\":\"demo\",\"listen\":\"127.0.0.1:8475\",\"upstream\":\"{}\"}}'",
+            args.upstream
+        );
+        println!(
+            "  curl -s {api}/proxies/demo/toxics -d '{{\"type\":\"latency\",\"attributes\":{{\"latency\":500}}}}'"
+        );
+        println!("  curl -s -o /dev/null -w '%{{time_total}}s\\n' http://127.0.0.1:8475/   # half a second late: an L4 toxic");
+    }
+    println!("  weft chaos run examples/chaos/try-it.yaml   # a 30s experiment delaying /hello, with its report");
     println!("  weft get proxies; weft get versions     # what the control plane knows (from this folder,");
     println!("                                          # it finds the token in {}/admin-token)", args.data.display());
     println!();

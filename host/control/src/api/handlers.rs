@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// The largest config document accepted.
 const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
@@ -17,7 +18,7 @@ const MAX_SMALL_BODY: u64 = 64 * 1024;
 
 /// Serves `endpoint`; `author` is set for every authenticated route.
 pub(super) async fn serve<B>(
-    plane: &ControlPlane,
+    plane: &Arc<ControlPlane>,
     endpoint: Endpoint,
     parameter: Option<String>,
     author: Option<Author>,
@@ -84,6 +85,35 @@ where
             let mut proxies = plane.proxies().to_json();
             plane.mesh().annotate_proxies(&mut proxies);
             Ok(json_response(StatusCode::OK, &proxies))
+        }
+        Endpoint::ListExperiments => {
+            let experiments: Vec<Value> = plane.experiments().list().await?.iter().map(|r| r.summary_json()).collect();
+            Ok(json_response(StatusCode::OK, &json!({ "experiments": experiments })))
+        }
+        Endpoint::CreateExperiment => {
+            let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let content_type = content_type.map(str::to_owned);
+            let bytes = read_body(request, MAX_SMALL_BODY).await?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ControlError::BadRequest("the experiment document is not UTF-8 text".into()))?;
+            let format = format_of(content_type.as_deref(), text);
+            let record = plane.experiments().create(plane, text, format, &author()?).await?;
+            let mut response = json_response(StatusCode::CREATED, &record.full_json());
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/experiments/{}", record.id())) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(response)
+        }
+        Endpoint::GetExperiment => {
+            Ok(json_response(StatusCode::OK, &plane.experiments().get(&parameter()?).await?.full_json()))
+        }
+        Endpoint::AbortExperiment => {
+            let record = plane.experiments().abort(&parameter()?, &author()?.by).await?;
+            Ok(json_response(StatusCode::OK, &record.full_json()))
+        }
+        Endpoint::AbortAllExperiments => {
+            let aborted = plane.experiments().abort_all(&author()?.by).await;
+            Ok(json_response(StatusCode::OK, &json!({ "aborted": aborted })))
         }
         Endpoint::CreateToken
         | Endpoint::ListTokens

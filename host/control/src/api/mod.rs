@@ -14,6 +14,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use routes::Matched;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -40,7 +41,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 }
 
 /// Answers one REST request from `peer`.
-pub async fn handle<B>(plane: &ControlPlane, request: Request<B>, peer: SocketAddr) -> Response<Body>
+pub async fn handle<B>(plane: &Arc<ControlPlane>, request: Request<B>, peer: SocketAddr) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -74,7 +75,11 @@ where
     .await
 }
 
-async fn route<B>(plane: &ControlPlane, request: Request<B>, peer: SocketAddr) -> Result<Response<Body>, ControlError>
+async fn route<B>(
+    plane: &Arc<ControlPlane>,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ControlError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

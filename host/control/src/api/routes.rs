@@ -17,6 +17,11 @@ pub enum Endpoint {
     ListVersions,
     Rollback,
     ListProxies,
+    ListExperiments,
+    CreateExperiment,
+    GetExperiment,
+    AbortExperiment,
+    AbortAllExperiments,
     CreateToken,
     ListTokens,
     RevokeToken,
@@ -52,6 +57,11 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/config/versions", Endpoint::ListVersions),
     route(Method::POST, "/v1/config/rollback", Endpoint::Rollback),
     route(Method::GET, "/v1/proxies", Endpoint::ListProxies),
+    route(Method::GET, "/v1/experiments", Endpoint::ListExperiments),
+    route(Method::POST, "/v1/experiments", Endpoint::CreateExperiment),
+    route(Method::POST, "/v1/experiments/abort", Endpoint::AbortAllExperiments),
+    route(Method::GET, "/v1/experiments/{id}", Endpoint::GetExperiment),
+    route(Method::POST, "/v1/experiments/{id}/abort", Endpoint::AbortExperiment),
     route(Method::POST, "/v1/tokens", Endpoint::CreateToken),
     route(Method::GET, "/v1/tokens", Endpoint::ListTokens),
     route(Method::DELETE, "/v1/tokens/{id}", Endpoint::RevokeToken),
@@ -153,6 +163,14 @@ mod tests {
         assert_eq!(find(&Method::GET, "/v1/nothing"), Matched::NotFound);
         assert_eq!(find(&Method::GET, "/v1/modules/a/b"), Matched::NotFound);
         assert_eq!(find(&Method::GET, "/v1/modules//"), Matched::NotFound);
+        assert!(matches!(
+            find(&Method::POST, "/v1/experiments/abort"),
+            Matched::Route(r, None) if r.endpoint == Endpoint::AbortAllExperiments
+        ));
+        assert!(matches!(
+            find(&Method::POST, "/v1/experiments/exp-3/abort"),
+            Matched::Route(r, Some(id)) if r.endpoint == Endpoint::AbortExperiment && id == "exp-3"
+        ));
     }
 
     #[test]

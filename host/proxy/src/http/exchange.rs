@@ -28,6 +28,10 @@ pub struct Exchange {
     pub filters: Option<crate::chain::ChainStreams>,
     /// Present when the listener writes an access log.
     pub log: Option<AccessLogFields>,
+    /// The chaos experiments whose target this request is in (usually none).
+    pub probes: Vec<Arc<crate::probes::Probe>>,
+    /// The response said a gRPC error in its headers (a trailers-only answer).
+    pub grpc_error: bool,
 }
 
 /// What only the access log needs, gathered only when it is on.
@@ -64,6 +68,10 @@ impl Drop for Exchange {
         m.response_bytes.get_or_create(&route).inc_by(self.bytes_sent);
         if let Some(log) = &self.log {
             write_access_log(self, log, elapsed);
+        }
+        let failed = self.status >= 500 || self.body_error || self.grpc_error;
+        for probe in &self.probes {
+            probe.record(failed, elapsed);
         }
     }
 }

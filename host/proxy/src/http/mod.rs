@@ -67,6 +67,13 @@ pub async fn handle(
         in_flight: None,
         filters: None,
         log: None,
+        probes: shared.probes.matching(
+            listener.name.as_str(),
+            request.uri().path(),
+            request.method().as_str(),
+            conn.tls.as_ref().and_then(|t| t.peer_uri_san.as_deref()),
+        ),
+        grpc_error: false,
     };
     let response = match proxy(&snapshot, &listener, &conn, request, &mut exchange).await {
         Ok(response) => response,
@@ -77,6 +84,9 @@ pub async fn handle(
         }
     };
     exchange.status = response.status().as_u16();
+    if !exchange.probes.is_empty() {
+        exchange.grpc_error = response.headers().get("grpc-status").is_some_and(|status| status != "0");
+    }
     Ok(response.map(|body| body.finishing(exchange)))
 }
 

@@ -115,6 +115,16 @@ pub struct UpstreamStream {
     budget: Arc<ConnectionBudget>,
 }
 
+impl UpstreamStream {
+    /// The TCP socket under the connection (under TLS, when it has it).
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
         self.budget.close();
