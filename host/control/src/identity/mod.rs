@@ -9,6 +9,7 @@
 mod authorities;
 mod authority;
 pub mod grpc;
+mod rotation;
 mod status;
 pub mod tokens;
 
@@ -21,7 +22,7 @@ use status::Statuses;
 use crate::records::{now_ms, rfc3339};
 use crate::store::mesh::{Change, MeshTable};
 use crate::store::{Store, StoreError};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -172,64 +173,6 @@ impl Mesh {
         self.published.subscribe()
     }
 
-    /// Makes a join token for `namespace`/`service`, valid `ttl`, for `uses` joins. Returns the
-    /// token's text (shown once; only its hash is kept) and its record.
-    pub fn create_token(
-        &self,
-        namespace: &str,
-        service: &str,
-        ttl: Duration,
-        uses: u32,
-        by: &str,
-    ) -> Result<(String, JoinToken), IdentityError> {
-        let id = SpiffeId::new(&self.trust_domain(), namespace, service).map_err(IdentityError::BadRequest)?;
-        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-            return Err(IdentityError::BadRequest("ttl must be more than zero and at most 720h (30 days)".into()));
-        }
-        if uses == 0 || uses > MAX_TOKEN_USES {
-            return Err(IdentityError::BadRequest(format!("uses must be from 1 to {MAX_TOKEN_USES}")));
-        }
-        let secret = tokens::new_secret(JOIN_TOKEN_PREFIX)?;
-        let now = now_ms();
-        let token = JoinToken {
-            id: secret.id.clone(),
-            spiffe_id: id.uri(),
-            secret_sha256: secret.secret_sha256,
-            created_at_ms: now,
-            expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
-            uses_left: uses,
-            created_by: by.to_owned(),
-        };
-        let bytes = encode(&token)?;
-        self.store.mesh_update(MeshTable::JoinTokens, &token.id, |_| (Change::Put(bytes), ()))?;
-        tracing::info!(token = %token.id, identity = %token.spiffe_id, uses, ttl = ?ttl, %by, "join token made");
-        Ok((secret.text, token))
-    }
-
-    /// The join tokens that can still be used (expired ones are dropped on the way).
-    pub fn tokens(&self) -> Result<Vec<JoinToken>, IdentityError> {
-        let now = now_ms();
-        let mut live = Vec::new();
-        for (id, bytes) in self.store.mesh_list(MeshTable::JoinTokens)? {
-            match serde_json::from_slice::<JoinToken>(&bytes) {
-                Ok(token) if token.expires_at_ms > now && token.uses_left > 0 => live.push(token),
-                _ => self.store.mesh_update(MeshTable::JoinTokens, &id, |_| (Change::Delete, ()))?,
-            }
-        }
-        Ok(live)
-    }
-
-    /// Revokes a join token by id.
-    pub fn revoke_token(&self, id: &str) -> Result<(), IdentityError> {
-        let existed =
-            self.store.mesh_update(MeshTable::JoinTokens, id, |current| (Change::Delete, current.is_some()))?;
-        if !existed {
-            return Err(IdentityError::NotFound(format!("no join token {id}; see GET /v1/tokens")));
-        }
-        tracing::info!(token = %id, "join token revoked");
-        Ok(())
-    }
-
     /// A new proxy joins: the token must allow the CSR's identity. A success spends one use of
     /// the token and makes the node's proxy credential (replacing any earlier one).
     pub fn join(&self, presented: &str, node: &str, csr: &[u8]) -> Result<Issued, IdentityError> {
@@ -368,130 +311,11 @@ impl Mesh {
         });
     }
 
-    /// Moves a rotation on: switches to the next root once every following proxy holds the
-    /// bundle that trusts it, and drops retiring roots whose certificates have all expired.
-    pub fn advance(&self) -> Result<(), IdentityError> {
-        let now = now_ms();
-        let mut authorities = self.locked();
-        let mut changed = false;
-        if authorities.with_role(|r| r == Role::Next).is_some() {
-            let digest = authorities.bundle()?.digest;
-            let waiting = self.statuses.following_where(|p| p.bundle_digest.as_deref() != Some(digest.as_str()));
-            if waiting.is_empty() {
-                changed |= authorities.switch(self.retire_at(now));
-                tracing::info!("root rotation: every proxy holds the new trust bundle; the new root signs from now on");
-            }
-        }
-        let gone = authorities.retire(now, false);
-        if !gone.is_empty() {
-            tracing::info!(retired = ?gone, "root rotation: the old root's certificates have all expired; it left the trust bundle");
-            changed = true;
-        }
-        if changed {
-            self.commit(&authorities)?;
-        }
-        Ok(())
-    }
-
-    fn retire_at(&self, now: u64) -> u64 {
-        now.saturating_add((self.cert_ttl + RETIRE_MARGIN).as_millis() as u64)
-    }
-
-    /// Starts a root rotation with a new root (made, or the operator's CA).
-    pub fn start_rotation(&self, operator: Option<(&str, &str)>) -> Result<(), IdentityError> {
-        let next = match operator {
-            Some((cert, key)) => Authority::import(cert, key, now_ms())?,
-            None => Authority::generate(&self.trust_domain(), now_ms())?,
-        };
-        let id = next.record.id.clone();
-        {
-            let mut authorities = self.locked();
-            authorities.start_rotation(next, now_ms())?;
-            self.commit(&authorities)?;
-        }
-        tracing::info!(next = %id, "root rotation started: the trust bundle holds both roots");
-        self.advance()
-    }
-
-    /// Finishes a rotation: the old root leaves the bundle. Refused while proxies still need it,
-    /// unless `force`.
-    pub fn finish_rotation(&self, force: bool) -> Result<(), IdentityError> {
-        let now = now_ms();
-        let mut authorities = self.locked();
-        if authorities.with_role(|r| r == Role::Next).is_some() {
-            let digest = authorities.bundle()?.digest;
-            let waiting = self.statuses.following_where(|p| p.bundle_digest.as_deref() != Some(digest.as_str()));
-            if !waiting.is_empty() && !force {
-                return Err(IdentityError::Conflict(format!(
-                    "proxies have not all taken the new trust bundle yet: {}; wait, or finish with --force",
-                    waiting.join(", ")
-                )));
-            }
-            authorities.switch(now);
-        }
-        if authorities.with_role(|r| matches!(r, Role::Retiring { .. })).is_none() {
-            return Err(IdentityError::Conflict("no root rotation is under way (`weft mesh rotate start`)".into()));
-        }
-        let signer = authorities.signer()?.record.id.clone();
-        let holders = self.statuses.following_where(|p| p.issued_by.as_deref() != Some(signer.as_str()));
-        if !holders.is_empty() && !force {
-            return Err(IdentityError::Conflict(format!(
-                "proxies still hold certificates of the old root: {}; they were asked to renew: wait, or finish \
-                 with --force (their peers will refuse them until they renew)",
-                holders.join(", ")
-            )));
-        }
-        let gone = authorities.retire(now, true);
-        self.commit(&authorities)?;
-        tracing::info!(retired = ?gone, forced = force, "root rotation finished: the old root left the trust bundle");
-        Ok(())
-    }
-
     /// Saves the authorities and publishes the bundle they make.
     fn commit(&self, authorities: &Authorities) -> Result<(), IdentityError> {
         save(&self.store, authorities)?;
         self.published.send_replace(authorities.bundle()?);
         Ok(())
-    }
-
-    /// `GET /v1/mesh`.
-    pub fn to_json(&self) -> Result<Value, IdentityError> {
-        let authorities = self.locked();
-        let bundle = authorities.bundle()?;
-        let list: Vec<Value> = authorities
-            .held
-            .iter()
-            .map(|(role, authority)| {
-                json!({
-                    "id": authority.record.id,
-                    "role": role.name(),
-                    "root": authority.anchor_subject,
-                    "root_expires_at": rfc3339(authority.anchor_not_after * 1000),
-                    "operator": authority.record.operator,
-                    "created_at": rfc3339(authority.record.created_at_ms),
-                    "retire_at": match role { Role::Retiring { until_ms } => Some(rfc3339(*until_ms)), _ => None },
-                })
-            })
-            .collect();
-        let rotation = authorities.rotation_started_at_ms.map(|started| {
-            let distributing = authorities.with_role(|r| r == Role::Next).is_some();
-            let waiting = self.statuses.following_where(|p| p.bundle_digest.as_deref() != Some(bundle.digest.as_str()));
-            let holders = self.statuses.following_where(|p| p.issued_by.as_deref() != Some(bundle.signer.as_str()));
-            json!({
-                "phase": if distributing { "distributing" } else { "issuing" },
-                "started_at": rfc3339(started),
-                "waiting_for_bundle": waiting,
-                "old_root_holders": if distributing { Vec::new() } else { holders },
-            })
-        });
-        Ok(json!({
-            "trust_domain": authorities.trust_domain,
-            "cert_ttl_seconds": self.cert_ttl.as_secs(),
-            "trust_bundle": { "digest": bundle.digest, "pem": bundle.pem },
-            "signer": bundle.signer,
-            "authorities": list,
-            "rotation": rotation,
-        }))
     }
 
     /// Adds each proxy's identity to a `GET /v1/proxies` document.

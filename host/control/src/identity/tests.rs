@@ -2,6 +2,7 @@ use super::*;
 use crate::test_support::TempDir;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls_pki_types::pem::PemObject;
+use serde_json::json;
 use weft_proto::identity::IdentityReport;
 
 const FRONTEND: &str = "spiffe://weft.local/ns/default/sa/frontend";

@@ -12,11 +12,15 @@
 //! Both look like `<kind>.<id>.<secret>`; the store keeps the id and the secret's sha256, and a
 //! presented secret is compared in constant time.
 
-use super::IdentityError;
+use super::{encode, IdentityError, MAX_TOKEN_TTL, MAX_TOKEN_USES};
+use crate::records::now_ms;
+use crate::store::mesh::{Change, MeshTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
+use weft_config::SpiffeId;
 
 /// What a join token starts with.
 pub const JOIN_TOKEN_PREFIX: &str = "wjt";
@@ -119,6 +123,66 @@ impl JoinToken {
         if self.uses_left == 0 {
             return Err(TokenRefusal::Unknown);
         }
+        Ok(())
+    }
+}
+
+impl super::Mesh {
+    /// Makes a join token for `namespace`/`service`, valid `ttl`, for `uses` joins. Returns the
+    /// token's text (shown once; only its hash is kept) and its record.
+    pub fn create_token(
+        &self,
+        namespace: &str,
+        service: &str,
+        ttl: Duration,
+        uses: u32,
+        by: &str,
+    ) -> Result<(String, JoinToken), IdentityError> {
+        let id = SpiffeId::new(&self.trust_domain(), namespace, service).map_err(IdentityError::BadRequest)?;
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(IdentityError::BadRequest("ttl must be more than zero and at most 720h (30 days)".into()));
+        }
+        if uses == 0 || uses > MAX_TOKEN_USES {
+            return Err(IdentityError::BadRequest(format!("uses must be from 1 to {MAX_TOKEN_USES}")));
+        }
+        let secret = new_secret(JOIN_TOKEN_PREFIX)?;
+        let now = now_ms();
+        let token = JoinToken {
+            id: secret.id.clone(),
+            spiffe_id: id.uri(),
+            secret_sha256: secret.secret_sha256,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
+            uses_left: uses,
+            created_by: by.to_owned(),
+        };
+        let bytes = encode(&token)?;
+        self.store.mesh_update(MeshTable::JoinTokens, &token.id, |_| (Change::Put(bytes), ()))?;
+        tracing::info!(token = %token.id, identity = %token.spiffe_id, uses, ttl = ?ttl, %by, "join token made");
+        Ok((secret.text, token))
+    }
+
+    /// The join tokens that can still be used (expired ones are dropped on the way).
+    pub fn tokens(&self) -> Result<Vec<JoinToken>, IdentityError> {
+        let now = now_ms();
+        let mut live = Vec::new();
+        for (id, bytes) in self.store.mesh_list(MeshTable::JoinTokens)? {
+            match serde_json::from_slice::<JoinToken>(&bytes) {
+                Ok(token) if token.expires_at_ms > now && token.uses_left > 0 => live.push(token),
+                _ => self.store.mesh_update(MeshTable::JoinTokens, &id, |_| (Change::Delete, ()))?,
+            }
+        }
+        Ok(live)
+    }
+
+    /// Revokes a join token by id.
+    pub fn revoke_token(&self, id: &str) -> Result<(), IdentityError> {
+        let existed =
+            self.store.mesh_update(MeshTable::JoinTokens, id, |current| (Change::Delete, current.is_some()))?;
+        if !existed {
+            return Err(IdentityError::NotFound(format!("no join token {id}; see GET /v1/tokens")));
+        }
+        tracing::info!(token = %id, "join token revoked");
         Ok(())
     }
 }
