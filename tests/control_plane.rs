@@ -271,6 +271,12 @@ async fn the_openapi_document_describes_every_route() {
         ("post", "/v1/experiments/abort"),
         ("get", "/v1/experiments/{id}"),
         ("post", "/v1/experiments/{id}/abort"),
+        ("post", "/v1/tokens"),
+        ("get", "/v1/tokens"),
+        ("delete", "/v1/tokens/{id}"),
+        ("get", "/v1/mesh"),
+        ("post", "/v1/mesh/rotation"),
+        ("post", "/v1/mesh/rotation/finish"),
     ];
     for (method, path) in routes {
         assert!(document["paths"][path][method]["responses"].is_object(), "{method} {path} is not described");

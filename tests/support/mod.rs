@@ -7,6 +7,7 @@ pub mod control;
 pub mod filters;
 pub mod grpc;
 pub mod managed;
+pub mod mesh;
 pub mod upstream;
 pub mod weft;
 

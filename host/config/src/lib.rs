@@ -4,10 +4,12 @@
 //! A config is parsed and validated whole; anything wrong anywhere refuses all of it.
 
 mod model;
+pub mod spiffe;
 pub mod units;
 mod validate;
 
 pub use model::*;
+pub use spiffe::SpiffeId;
 pub use units::{ByteSize, Duration};
 
 use sha2::{Digest, Sha256};

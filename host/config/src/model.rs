@@ -30,9 +30,13 @@ pub struct Listener {
     /// What is spoken on the socket.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// TLS termination: required for `https`, optional for `tcp`.
+    /// TLS termination: required for `https` (or `mtls`), optional for `tcp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// `mesh`, instead of `tls`: the proxy's own mesh identity, and clients must show a mesh
+    /// certificate (their SPIFFE ID becomes `source.principal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
     /// The ordered filter chain, by filter name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<String>,
@@ -57,6 +61,14 @@ pub enum ListenerProtocol {
     Https,
     /// Bytes passed through to the listener's cluster.
     Tcp,
+}
+
+/// Mutual TLS by the mesh: the proxy's identity from the control plane's CA, peers verified
+/// against the mesh's trust bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mtls {
+    Mesh,
 }
 
 /// Certificates a listener presents, and the CA its clients must be signed by (mTLS).
@@ -121,6 +133,13 @@ pub struct Cluster {
     /// Talk TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// `mesh`, instead of `tls`: mTLS with the proxy's mesh identity; the endpoints must show a
+    /// certificate of the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
+    /// With `mtls: mesh`: the SPIFFE IDs the endpoints may have; empty: any identity of the mesh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
     /// Time to establish a connection (TCP and TLS).
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Duration,

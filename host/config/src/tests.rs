@@ -220,3 +220,48 @@ fn bad_resilience_settings_name_their_field() {
     assert!(errors.iter().any(|e| e == "clusters[0].health_check.path: must start with /"), "{errors:?}");
     assert!(errors.iter().any(|e| e.starts_with("clusters[0].outlier_detection.max_ejection_percent")), "{errors:?}");
 }
+
+const MESH: &str = r#"
+listeners:
+  - name: mesh-in
+    address: 127.0.0.1:8443
+    protocol: https
+    mtls: mesh
+    cluster: local
+clusters:
+  - name: local
+    endpoints: ["127.0.0.1:3000"]
+  - name: backend
+    endpoints: ["127.0.0.1:8443"]
+    mtls: mesh
+    identities: ["spiffe://weft.local/ns/default/sa/backend"]
+"#;
+
+#[test]
+fn mesh_mtls_parses_on_listeners_and_clusters() {
+    let config = Config::parse(MESH, Format::Yaml).unwrap();
+    assert_eq!(config.listeners[0].mtls, Some(Mtls::Mesh));
+    assert!(config.listeners[0].tls.is_none(), "mtls: mesh stands in for tls on an https listener");
+    assert_eq!(config.clusters[1].mtls, Some(Mtls::Mesh));
+    assert_eq!(config.clusters[1].identities, ["spiffe://weft.local/ns/default/sa/backend"]);
+    assert!(config.clusters[0].mtls.is_none() && config.clusters[0].identities.is_empty());
+}
+
+#[test]
+fn bad_mesh_settings_name_their_field() {
+    let errors = errors_of(&MESH.replace("protocol: https", "protocol: http"));
+    assert!(errors.iter().any(|e| e.starts_with("listeners[0].mtls: set, but protocol is http")), "{errors:?}");
+    let errors = errors_of(&MESH.replace("    mtls: mesh\n    cluster: local", "    cluster: local"));
+    assert!(errors.iter().any(|e| e.starts_with("listeners[0].tls: required when protocol is https")), "{errors:?}");
+    let errors = errors_of(&MESH.replace("mtls: mesh\n    identities", "identities"));
+    assert!(errors.iter().any(|e| e.starts_with("clusters[1].identities: only used with mtls: mesh")), "{errors:?}");
+    let errors = errors_of(&MESH.replace("sa/backend", "service/backend"));
+    assert!(
+        errors.iter().any(|e| e.starts_with("clusters[1].identities[0]: ") && e.contains("expected spiffe://")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&MESH.replace("mtls: mesh\n    identities", "tls: {}\n    mtls: mesh\n    identities"));
+    assert!(errors.iter().any(|e| e.starts_with("clusters[1].mtls: mtls: mesh replaces tls")), "{errors:?}");
+    let errors = errors_of(&MESH.replace("mtls: mesh\n    cluster", "mtls: tls\n    cluster"));
+    assert!(errors.iter().any(|e| e.starts_with("listeners[0].mtls")), "{errors:?}");
+}

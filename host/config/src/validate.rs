@@ -71,13 +71,21 @@ fn validate_listener(
             format!("invalid address {:?}: expected ip:port, e.g. 127.0.0.1:8080", listener.address),
         ));
     }
-    match (listener.protocol, &listener.tls) {
-        (ListenerProtocol::Https, None) => {
+    match (listener.protocol, &listener.tls, listener.mtls) {
+        (_, Some(_), Some(_)) => errors.push(FieldError::new(
+            format!("{at}.mtls"),
+            "mtls: mesh replaces tls (the proxy's mesh identity is its certificate): set one of them",
+        )),
+        (ListenerProtocol::Https, None, None) => {
             errors.push(FieldError::new(format!("{at}.tls"), "required when protocol is https"))
         }
-        (ListenerProtocol::Http, Some(_)) => errors.push(FieldError::new(
+        (ListenerProtocol::Http, Some(_), _) => errors.push(FieldError::new(
             format!("{at}.tls"),
             "set, but protocol is http: use protocol https to terminate TLS",
+        )),
+        (ListenerProtocol::Http, _, Some(_)) => errors.push(FieldError::new(
+            format!("{at}.mtls"),
+            "set, but protocol is http: use protocol https (or tcp) with mtls: mesh",
         )),
         _ => {}
     }
@@ -137,6 +145,23 @@ fn validate_cluster(cluster: &Cluster, at: &str, errors: &mut Vec<FieldError>) {
     if let Some(tls) = &cluster.tls {
         if tls.cert.is_some() != tls.key.is_some() {
             errors.push(FieldError::new(format!("{at}.tls"), "cert and key go together: set both or neither"));
+        }
+        if cluster.mtls.is_some() {
+            errors.push(FieldError::new(
+                format!("{at}.mtls"),
+                "mtls: mesh replaces tls (the proxy's mesh identity is its certificate): set one of them",
+            ));
+        }
+    }
+    if !cluster.identities.is_empty() && cluster.mtls.is_none() {
+        errors.push(FieldError::new(
+            format!("{at}.identities"),
+            "only used with mtls: mesh (the identities are the endpoints' mesh certificates)",
+        ));
+    }
+    for (j, identity) in cluster.identities.iter().enumerate() {
+        if let Err(reason) = crate::SpiffeId::parse(identity) {
+            errors.push(FieldError::new(format!("{at}.identities[{j}]"), reason));
         }
     }
     for (field, value) in [

@@ -98,12 +98,15 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if plane.authorize(authorization, None).is_err() {
-        return Status::unauthenticated("a bearer token of this control plane is needed").into_http();
-    }
+    let Some(caller) = plane.authorize_proxy(authorization) else {
+        return Status::unauthenticated("a bearer token of this control plane (a proxy credential) is needed")
+            .into_http();
+    };
     match request.uri().path() {
         STREAM_PATH => {
-            Grpc::new(Codec::<ControlMessage, ProxyMessage>::default()).streaming(Distribution(plane), request).await
+            Grpc::new(Codec::<ControlMessage, ProxyMessage>::default())
+                .streaming(Distribution(plane, caller), request)
+                .await
         }
         FETCH_MODULE_PATH => {
             Grpc::new(Codec::<ModuleChunk, ModuleRequest>::default()).server_streaming(Modules(plane), request).await
@@ -115,7 +118,7 @@ where
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send>>;
 type MessageStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-struct Distribution(Arc<ControlPlane>);
+struct Distribution(Arc<ControlPlane>, crate::plane::ProxyCaller);
 
 impl StreamingService<ProxyMessage> for Distribution {
     type Response = ControlMessage;
@@ -123,7 +126,7 @@ impl StreamingService<ProxyMessage> for Distribution {
     type Future = BoxFuture<Self::ResponseStream>;
 
     fn call(&mut self, request: Request<Streaming<ProxyMessage>>) -> Self::Future {
-        let plane = self.0.clone();
+        let (plane, caller) = (self.0.clone(), self.1.clone());
         Box::pin(async move {
             let mut inbound = request.into_inner();
             let hello = inbound
@@ -131,6 +134,9 @@ impl StreamingService<ProxyMessage> for Distribution {
                 .await?
                 .filter(|hello| !hello.node.is_empty())
                 .ok_or_else(|| Status::invalid_argument("the stream must open with the proxy's node id"))?;
+            if !caller.may_be(&hello.node) {
+                return Err(Status::permission_denied(format!("this credential is not node {:?}'s", hello.node)));
+            }
             let (to_proxy, outbound) = mpsc::channel(4);
             tokio::spawn(follow(plane, hello, inbound, to_proxy));
             let stream = futures_util::stream::unfold(outbound, |mut outbound| async move {

@@ -4,7 +4,8 @@
 //!
 //! [`ControlPlane`] holds the state and the operations; [`api`] is the REST layer over it;
 //! [`server::serve`] is the port, where the gRPC [`distribution`] to proxies sits beside REST;
-//! it learns of new versions from [`ControlPlane::subscribe`].
+//! it learns of new versions from [`ControlPlane::subscribe`]. [`identity`] is the mesh's
+//! certificate authority: join tokens, workload certificates, root rotation.
 
 // The OpenAPI document is one `json!` literal, deeper than the default limit.
 #![recursion_limit = "256"]
@@ -13,6 +14,7 @@ pub mod api;
 pub mod chaos;
 pub mod distribution;
 mod error;
+pub mod identity;
 pub mod modules;
 pub mod openapi;
 mod plane;
@@ -23,7 +25,7 @@ pub mod store;
 pub mod token;
 
 pub use error::ControlError;
-pub use plane::{Applied, Author, ControlPlane, OpenError, Settings};
+pub use plane::{Applied, Author, ControlPlane, OpenError, ProxyCaller, Settings};
 pub use records::{ModuleInfo, VersionRecord};
 pub use store::Store;
 pub use token::TokenOrigin;

@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+mod mesh;
+
 /// The document.
 pub fn document() -> Value {
     let mut document = base();
@@ -14,6 +16,7 @@ pub fn document() -> Value {
     {
         schemas.extend(more);
     }
+    mesh::extend(&mut document);
     document
 }
 

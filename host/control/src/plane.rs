@@ -22,6 +22,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The largest module `POST /v1/modules` accepts, in bytes (413 beyond).
     pub max_module_size: u64,
+    /// The mesh's trust domain, certificate lifetime and operator CA.
+    pub identity: crate::identity::Settings,
 }
 
 impl Settings {
@@ -38,6 +40,8 @@ pub enum OpenError {
     Token(#[from] TokenError),
     #[error("{0}")]
     Wasm(String),
+    #[error("the mesh: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// Who made a change, for the version history.
@@ -69,6 +73,27 @@ pub struct ControlPlane {
     proxies: crate::distribution::Proxies,
     /// Chaos experiments, going and past.
     experiments: Arc<crate::chaos::Experiments>,
+    /// The mesh's CA and the proxies' identities.
+    mesh: Arc<crate::identity::Mesh>,
+}
+
+/// Who calls the proxies' gRPC API.
+#[derive(Clone, Debug)]
+pub enum ProxyCaller {
+    /// The admin token (proxies of before the mesh, and tools): any node.
+    Admin,
+    /// A proxy credential: the node that joined with it, only.
+    Node(String),
+}
+
+impl ProxyCaller {
+    /// Whether this caller may speak for `node`.
+    pub fn may_be(&self, node: &str) -> bool {
+        match self {
+            ProxyCaller::Admin => true,
+            ProxyCaller::Node(own) => own == node,
+        }
+    }
 }
 
 impl ControlPlane {
@@ -80,8 +105,9 @@ impl ControlPlane {
         let validator = ModuleValidator::new().map_err(OpenError::Wasm)?;
         let (current, _) = watch::channel(store.current_version()?);
         let proxies = crate::distribution::Proxies::new();
+        let mesh = Arc::new(crate::identity::Mesh::open(&store, &settings.identity)?);
         let experiments = Arc::new(crate::chaos::Experiments::open(store.clone())?);
-        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies, experiments }), origin))
+        Ok((Arc::new(ControlPlane { settings, store, token, validator, current, proxies, experiments, mesh }), origin))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -101,6 +127,20 @@ impl ControlPlane {
     /// The proxies that connected since the control plane started.
     pub fn proxies(&self) -> &crate::distribution::Proxies {
         &self.proxies
+    }
+
+    /// The mesh's CA and identities.
+    pub fn mesh(&self) -> &Arc<crate::identity::Mesh> {
+        &self.mesh
+    }
+
+    /// Who presents `Authorization` header value `header` on the proxies' API: the admin token,
+    /// or a proxy credential; `None` for anything else.
+    pub fn authorize_proxy(&self, header: Option<&str>) -> Option<ProxyCaller> {
+        if self.authorize(header, None).is_ok() {
+            return Some(ProxyCaller::Admin);
+        }
+        self.mesh.authenticate(header).map(|credential| ProxyCaller::Node(credential.node))
     }
 
     /// The current config version, updated after every commit (apply or rollback). A watcher

@@ -25,6 +25,7 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: im
     plane.experiments().resume(&plane);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let maintenance = tokio::spawn(crate::identity::grpc::maintain(plane.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -52,6 +53,7 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: im
         });
     }
     drop(listener);
+    maintenance.abort();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(GRACE) => tracing::warn!("connections still open after {GRACE:?}; closing them"),
@@ -61,7 +63,11 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: im
 /// Sends a request to REST or to gRPC (the proxies' [`crate::distribution`]).
 async fn dispatch(plane: Arc<ControlPlane>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if is_grpc(&request) {
-        let response = crate::distribution::serve(plane, request).await;
+        let response = if request.uri().path().starts_with(weft_proto::identity::SERVICE_PREFIX) {
+            crate::identity::grpc::serve(plane, request).await
+        } else {
+            crate::distribution::serve(plane, request).await
+        };
         return response.map(|body| body.map_err(|status| Box::new(status) as api::BoxError).boxed_unsync());
     }
     api::handle(&plane, request, peer).await

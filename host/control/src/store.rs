@@ -11,6 +11,7 @@
 //! - `module_info`: digest → (size, uploaded at, Unix ms)
 //! - `config_versions`: number → [`VersionRecord`] as JSON
 //! - `meta`: `format` (u64), `current_version` (u64), `admin_token_sha256` (32 bytes)
+//! - `mesh`, `join_tokens`, `proxy_credentials`: the mesh's CA and identities ([`mesh`])
 //! - `experiments`: number → a chaos experiment's record as JSON ([`experiments`])
 //!
 //! A refusal returns before `commit`: dropping a write transaction uncommitted aborts it.
@@ -137,6 +138,7 @@ impl Store {
             tx.open_table(MODULES)?;
             tx.open_table(MODULE_INFO)?;
             tx.open_table(VERSIONS)?;
+            Store::initialize_mesh(&tx)?;
             let mut meta = tx.open_table(META)?;
             let format = meta.get(FORMAT_KEY)?.map(|v| decode_u64(v.value())).transpose()?;
             match format {
@@ -369,5 +371,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 mod experiments;
+pub mod mesh;
+
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 pub mod experiments;
+pub mod identity;
 
 /// `Distribution/Stream`: the per-proxy config stream.
 pub const STREAM_PATH: &str = "/weft.control.v1.Distribution/Stream";

@@ -52,7 +52,11 @@ fn route(proxy: &Proxy, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/config" => json(proxy.config_dump()),
         "/clusters" => json(proxy.clusters_dump()),
         "/filters" => json(proxy.filters_dump()),
-        "/" => text(StatusCode::OK, "weft admin: /ready /metrics /config /clusters /filters\n".into()),
+        "/identity" => match proxy.mesh() {
+            Some(mesh) => json(mesh.to_json()),
+            None => text(StatusCode::NOT_FOUND, "this proxy has no mesh identity (weft proxy --service)\n".into()),
+        },
+        "/" => text(StatusCode::OK, "weft admin: /ready /metrics /config /clusters /filters /identity\n".into()),
         _ => text(StatusCode::NOT_FOUND, "not found; try /ready /metrics /config /clusters /filters\n".into()),
     }
 }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 pub use tcp::toxic::{Stream, Toxic, ToxicError, ToxicKind};
 pub use tcp::toxics::Toxics;
+use tls::mesh::MeshIdentity;
 use weft_config::{Config, FieldError, ListenerProtocol};
 
 /// State every connection and request reaches: the snapshot in force and the metrics.
@@ -80,6 +81,8 @@ pub struct Proxy {
     toxiproxy: toxiproxy::ToxiproxyProxies,
     /// Where the Toxiproxy API listens, once it does.
     toxiproxy_api: std::sync::OnceLock<SocketAddr>,
+    /// The proxy's mesh identity, once [`Proxy::enable_mesh`] made one.
+    mesh: std::sync::OnceLock<Arc<MeshIdentity>>,
 }
 
 impl Proxy {
@@ -87,10 +90,15 @@ impl Proxy {
     pub async fn new(drain_timeout: Duration, filter_loader: Option<Arc<dyn chain::FilterLoader>>) -> Arc<Proxy> {
         let metrics = Metrics::new();
         let nowhere = Arc::new(callout::ClusterCallouts { shared: std::sync::Weak::new() });
-        let empty =
-            Snapshot::build(Config::default(), 0, &FilterHost { metrics: metrics.clone(), callouts: nowhere }, None)
-                .await
-                .unwrap_or_else(|_| unreachable!("an empty config always builds"));
+        let empty = Snapshot::build(
+            Config::default(),
+            0,
+            &FilterHost { metrics: metrics.clone(), callouts: nowhere },
+            None,
+            None,
+        )
+        .await
+        .unwrap_or_else(|_| unreachable!("an empty config always builds"));
         let toxics = Toxics::new(metrics.clone());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(empty),
@@ -109,7 +117,19 @@ impl Proxy {
             bound: Default::default(),
             drain_timeout,
             filter_loader,
+            mesh: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the proxy a mesh identity in `trust_domain` (once; later calls return the first),
+    /// for `mtls: mesh` listeners and clusters. It has no certificate until its owner sets one.
+    pub fn enable_mesh(&self, trust_domain: &str) -> Arc<MeshIdentity> {
+        self.mesh.get_or_init(|| MeshIdentity::new(trust_domain, self.shared.metrics.clone())).clone()
+    }
+
+    /// The mesh identity, when the proxy has one.
+    pub fn mesh(&self) -> Option<&Arc<MeshIdentity>> {
+        self.mesh.get()
     }
 
     /// Loads `config` whole or not at all. Returns the new version. On error nothing changed.
@@ -144,8 +164,9 @@ impl Proxy {
         if !taken.is_empty() {
             return Err(taken.into());
         }
-        let snapshot =
-            Arc::new(Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref()).await?);
+        let snapshot = Arc::new(
+            Snapshot::build(config, version, &self.filter_host, self.filter_loader.as_ref(), self.mesh.get()).await?,
+        );
 
         // Bind what is new before touching anything, so a port in use refuses the config whole.
         let mut fresh = HashMap::new();
@@ -211,8 +232,9 @@ impl Proxy {
         }
     }
 
+    /// A config is loaded and, for a proxy with a mesh identity, its certificate too.
     pub fn is_ready(&self) -> bool {
-        self.shared.snapshot.load().version > 0
+        self.shared.snapshot.load().version > 0 && self.mesh.get().is_none_or(|mesh| mesh.is_loaded())
     }
 
     /// The L4 toxics engine: add, update and remove named toxics on any tcp listener (from the

@@ -157,6 +157,10 @@ pub struct Metrics {
     pub toxiproxy_proxies: Family<ResultLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
+    /// When the proxy's mesh certificate expires, Unix seconds (0: no mesh identity).
+    pub identity_cert_expiry: Gauge,
+    /// Mesh certificate renewals by result (`ok`, `failed`).
+    pub identity_renewals: Family<ResultLabels, Counter>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_callouts: Family<FilterCalloutLabels, Counter>,
     pub filter_counters: Family<FilterMetricLabels, Counter>,
@@ -204,6 +208,8 @@ impl Metrics {
             toxiproxy_proxies: Family::default(),
             config_reloads: Family::default(),
             config_version: Gauge::default(),
+            identity_cert_expiry: Gauge::default(),
+            identity_renewals: Family::default(),
             filter_failures: Family::default(),
             filter_callouts: Family::default(),
             filter_counters: Family::default(),
@@ -313,6 +319,16 @@ impl Metrics {
         );
         registry.register("config_reloads", "Config loads by result (ok, rejected)", m.config_reloads.clone());
         registry.register("config_version", "Version number of the config in force", m.config_version.clone());
+        registry.register(
+            "identity_cert_expiry_seconds",
+            "When the proxy's mesh certificate expires, Unix seconds (0: no mesh identity)",
+            m.identity_cert_expiry.clone(),
+        );
+        registry.register(
+            "identity_renewals",
+            "Mesh certificate renewals by result (ok, failed)",
+            m.identity_renewals.clone(),
+        );
         registry.register(
             "filter_failures",
             "Filter calls that failed (trap, deadline) or instances that could not start; each replaced the instance",

@@ -4,6 +4,7 @@
 use crate::chain::{FilterChain, FilterHost, FilterLoader, HttpFilter};
 use crate::cluster::Cluster;
 use crate::metrics::Name;
+use crate::tls::mesh::MeshIdentity;
 use std::collections::HashMap;
 use std::sync::Arc;
 use weft_config::{Config, FieldError, ListenerProtocol};
@@ -31,18 +32,20 @@ pub struct ListenerState {
 impl Snapshot {
     /// Compiles `config`. Everything is checked (files read, names resolved) before anything is
     /// returned, so a snapshot that exists can serve.
+    /// `mesh` is the proxy's mesh identity, for `mtls: mesh` listeners and clusters.
     pub async fn build(
         config: Config,
         version: u64,
         host: &FilterHost,
         loader: Option<&Arc<dyn FilterLoader>>,
+        mesh: Option<&Arc<MeshIdentity>>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = Vec::new();
         let metrics = &host.metrics;
         let filters = load_filters(&config, loader, host).await?;
         let mut clusters = HashMap::new();
         for (i, cluster) in config.clusters.iter().enumerate() {
-            match Cluster::build(cluster, &format!("clusters[{i}]"), metrics).await {
+            match Cluster::build(cluster, &format!("clusters[{i}]"), metrics, mesh).await {
                 Ok(built) => {
                     clusters.insert(cluster.name.clone(), Arc::new(built));
                 }
@@ -52,19 +55,20 @@ impl Snapshot {
         let mut listeners = HashMap::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
-            let tls = match &listener.tls {
-                Some(tls) => {
-                    let alpn: &[&[u8]] = match listener.protocol {
-                        ListenerProtocol::Https => &[b"h2", b"http/1.1"],
-                        _ => &[],
-                    };
-                    match crate::tls::server_config(tls, &format!("{at}.tls"), alpn) {
-                        Ok(server) => Some(tokio_rustls::TlsAcceptor::from(server)),
-                        Err(e) => {
-                            errors.push(e);
-                            continue;
-                        }
-                    }
+            let alpn: &[&[u8]] = match listener.protocol {
+                ListenerProtocol::Https => &[b"h2", b"http/1.1"],
+                _ => &[],
+            };
+            let server = match (&listener.tls, listener.mtls) {
+                (Some(tls), _) => Some(crate::tls::server_config(tls, &format!("{at}.tls"), alpn)),
+                (None, Some(_)) => Some(crate::tls::mesh_server_config(mesh, &listener.name, &at, alpn)),
+                (None, None) => None,
+            };
+            let tls = match server {
+                Some(Ok(server)) => Some(tokio_rustls::TlsAcceptor::from(server)),
+                Some(Err(e)) => {
+                    errors.push(e);
+                    continue;
                 }
                 None => None,
             };

@@ -1,13 +1,17 @@
 //! TLS with rustls: server configs for listeners (ALPN, optional client certificates), client
 //! configs for clusters, and the peer identity read from a verified client certificate.
+//! [`mesh`] is the same for `mtls: mesh`, with the proxy's mesh identity.
 
+pub mod mesh;
+
+use mesh::MeshIdentity;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
-use weft_config::{ClusterTls, FieldError, ListenerTls};
+use weft_config::{ClusterTls, FieldError, ListenerTls, UpstreamProtocol};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -93,6 +97,50 @@ pub fn client_config(
     let server_name = ServerName::try_from(name.to_owned())
         .map_err(|_| FieldError::new(format!("{at}.server_name"), format!("{name:?} is not a valid server name")))?;
     Ok((Arc::new(config), server_name))
+}
+
+/// Why `mtls: mesh` cannot be served by this proxy.
+const NO_MESH: &str = "this proxy has no mesh identity: run it with --control and --service (a proxy from a \
+                       static config file has none)";
+
+/// The TLS of a cluster's connections to its endpoint `host`, from its `tls` or its
+/// `mtls: mesh`; `None` for plain connections.
+pub fn cluster_client_config(
+    cluster: &weft_config::Cluster,
+    at: &str,
+    host: &str,
+    mesh: Option<&Arc<MeshIdentity>>,
+) -> Result<Option<(Arc<ClientConfig>, ServerName<'static>)>, FieldError> {
+    let alpn: &[&[u8]] = match cluster.protocol {
+        UpstreamProtocol::Http1 => &[b"http/1.1"],
+        UpstreamProtocol::Http2 => &[b"h2", b"http/1.1"],
+    };
+    if let Some(tls) = &cluster.tls {
+        return client_config(tls, &format!("{at}.tls"), host, alpn).map(Some);
+    }
+    if cluster.mtls.is_none() {
+        return Ok(None);
+    }
+    let field = format!("{at}.mtls");
+    let mesh = mesh.ok_or_else(|| FieldError::new(&field, NO_MESH))?;
+    let config =
+        mesh.client_config(&cluster.name, &cluster.identities, alpn).map_err(|e| FieldError::new(&field, e))?;
+    // Mesh peers are verified by SPIFFE ID, not by name; the name is only the SNI sent.
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| FieldError::new(&field, format!("{host:?} is not a valid server name")))?;
+    Ok(Some((config, name)))
+}
+
+/// The server side of an `mtls: mesh` listener named `listener`.
+pub fn mesh_server_config(
+    mesh: Option<&Arc<MeshIdentity>>,
+    listener: &str,
+    at: &str,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, FieldError> {
+    let field = format!("{at}.mtls");
+    let mesh = mesh.ok_or_else(|| FieldError::new(&field, NO_MESH))?;
+    mesh.server_config(listener, alpn).map_err(|e| FieldError::new(&field, e))
 }
 
 /// What a finished TLS handshake tells about the client.

@@ -69,6 +69,10 @@ pub enum Command {
     /// Chaos experiments on a control plane: run one and follow it, list them, show one's
     /// report, abort one or all (the kill switch).
     Chaos(ChaosArgs),
+    /// Join tokens, with which new proxies get their mesh identity.
+    Token(crate::mesh_cmd::TokenArgs),
+    /// The mesh's certificate authority: its status and root rotation.
+    Mesh(crate::mesh_cmd::MeshArgs),
 }
 
 /// The control plane's data dir when `--data` is not given (relative to the working folder).
@@ -85,6 +89,8 @@ pub struct ControlArgs {
     /// The largest module `weft module push` may upload (413 beyond).
     #[arg(long, default_value = "32MiB")]
     pub max_module_size: ByteSize,
+    #[command(flatten)]
+    pub mesh: crate::mesh_cmd::ControlMeshArgs,
 }
 
 /// How a command reaches the control plane.
@@ -229,7 +235,8 @@ pub struct ProxyArgs {
     /// http://127.0.0.1:7700); keeps serving its last config while it is away.
     #[arg(long, value_name = "URL")]
     pub control: Option<String>,
-    /// The control plane's token (with --control).
+    /// The control plane's admin token (with --control). A proxy with a mesh identity
+    /// (--service) needs none: it authenticates with the credential it got when it joined.
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, requires = "control")]
     pub token: Option<String>,
     /// This proxy's name at the control plane (with --control; default: the host name).
@@ -238,9 +245,12 @@ pub struct ProxyArgs {
     /// A label the control plane's selectors match, as KEY=VALUE (repeatable; with --control).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, requires = "control")]
     pub labels: Vec<(String, String)>,
-    /// Where a managed proxy keeps its last acknowledged config and modules (with --control).
+    /// Where a managed proxy keeps its last acknowledged config and modules (with --control),
+    /// and its mesh identity (identity/).
     #[arg(long, value_name = "DIR", default_value = "weft-proxy-data")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub identity: crate::identity::IdentityArgs,
     /// Where the admin API listens (/ready, /metrics, /config, /clusters).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,

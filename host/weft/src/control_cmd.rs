@@ -5,10 +5,15 @@ use crate::Failure;
 use anyhow::{anyhow, Context};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
-use weft_control::{ControlPlane, Settings, TokenOrigin};
+use weft_control::identity::IdentityError;
+use weft_control::{ControlPlane, OpenError, Settings, TokenOrigin};
 
 pub async fn run(args: ControlArgs) -> Result<(), Failure> {
-    let settings = Settings { data_dir: args.data.clone(), max_module_size: args.max_module_size.bytes() };
+    let settings = Settings {
+        data_dir: args.data.clone(),
+        max_module_size: args.max_module_size.bytes(),
+        identity: args.mesh.settings()?,
+    };
     let (plane, origin) = open(settings).await?;
     match origin {
         // The one time the token is shown: on stdout, not in the logs.
@@ -25,6 +30,8 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
         %address,
         data = %args.data.display(),
         version = *plane.subscribe().borrow(),
+        trust_domain = %plane.mesh().trust_domain(),
+        cert_ttl = %args.mesh.cert_ttl,
         "control plane listening"
     );
     let shutdown = async move {
@@ -43,8 +50,17 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
 /// store and the admin token, made at the first start.
 pub async fn open(settings: Settings) -> Result<(Arc<ControlPlane>, TokenOrigin), Failure> {
     let data = settings.data_dir.clone();
-    Ok(tokio::task::spawn_blocking(move || ControlPlane::open(settings))
+    let opened = tokio::task::spawn_blocking(move || ControlPlane::open(settings))
         .await
-        .map_err(|e| anyhow!("opening the data dir: {e}"))?
-        .with_context(|| format!("cannot open the data dir {}", data.display()))?)
+        .map_err(|e| anyhow!("opening the data dir: {e}"))?;
+    match opened {
+        Ok(opened) => Ok(opened),
+        // Mesh flags that contradict the data dir are a usage error.
+        Err(OpenError::Identity(error @ (IdentityError::BadRequest(_) | IdentityError::BadCa(_)))) => {
+            Err(Failure::Invalid(format!("{}: {error}", data.display())))
+        }
+        Err(error) => {
+            Err(anyhow::Error::new(error).context(format!("cannot open the data dir {}", data.display())).into())
+        }
+    }
 }

@@ -5,9 +5,11 @@ mod cli;
 mod client;
 mod control_cmd;
 mod demo_upstream;
+mod identity;
 mod logging;
 mod managed;
 mod managed_experiments;
+mod mesh_cmd;
 mod proxy_cmd;
 mod remote_cmd;
 mod table;
@@ -50,6 +52,8 @@ fn main() -> ExitCode {
             cli::Command::Apply(args) => remote_cmd::apply(&args).await,
             cli::Command::Get(args) => remote_cmd::get(&args).await,
             cli::Command::Rollback(args) => remote_cmd::rollback(&args).await,
+            cli::Command::Token(args) => mesh_cmd::token(&args).await,
+            cli::Command::Mesh(args) => mesh_cmd::mesh(&args).await,
             cli::Command::Chaos(args) => chaos_cmd::run(args.command).await,
         }
     });

@@ -66,16 +66,36 @@ pub async fn run(args: ProxyArgs, workers: usize) -> Result<(), Failure> {
         tracing::info!(admin = %args.admin, "admin API listening");
         return serve_until_stopped(proxy, &path, signals).await;
     }
-    let Some(settings) = managed else { unreachable!("clap requires --config or --control") };
+    let Some(mut settings) = managed else { unreachable!("clap requires --config or --control") };
+    let identity = crate::identity::Settings::of(&args.identity, &settings.control, &settings.node, &settings.data)?;
     tokio::spawn(weft_proxy::admin::serve(admin, proxy.clone()));
     tracing::info!(admin = %args.admin, "admin API listening");
-    let follower = tokio::spawn(crate::managed::run(proxy.clone(), settings));
+    let following = proxy.clone();
+    let mut follower = tokio::spawn(async move {
+        if let Some(identity) = identity {
+            // The mesh identity first: its credential authenticates the config stream too.
+            let manager = crate::identity::Manager::start(following.clone(), identity).await?;
+            settings.token = settings.token.or_else(|| Some(manager.credential().to_owned()));
+            tokio::spawn(manager.run());
+        }
+        crate::managed::run(following, settings).await;
+        Ok::<(), Failure>(())
+    });
     let Signals { mut terminate, mut interrupt, .. } = signals;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    let outcome = tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+        ended = &mut follower => match ended {
+            Ok(Err(failure)) => Err(failure),
+            Ok(Ok(())) => Ok(()),
+            Err(error) => Err(Failure::Runtime(anyhow::anyhow!("the control plane follower stopped: {error}"))),
+        },
+    };
     follower.abort();
+    if let Err(failure) = outcome {
+        proxy.shutdown().await;
+        return Err(failure);
+    }
     tracing::info!("shutting down: draining open connections");
     proxy.shutdown().await;
     tracing::info!("stopped");

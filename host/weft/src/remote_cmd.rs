@@ -178,16 +178,27 @@ fn proxies_table(answer: &Value) -> String {
                 Value::Null => String::new(),
                 refused => format!("version {}: {}", text(&refused["version"]), text(&refused["reason"])),
             };
+            let identity = &p["identity"];
+            let renewal = match &identity["last_renewal_error"] {
+                Value::Null => String::new(),
+                failed => format!("{} ({})", text(&failed["reason"]), text(&failed["at"])),
+            };
             vec![
                 text(&p["node"]),
                 if p["connected"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
                 labels,
                 text(&p["version"]),
+                text(&identity["spiffe_id"]),
+                text(&identity["expires_at"]),
                 rejection,
+                renewal,
             ]
         })
         .collect();
-    table::render(&["NODE", "CONNECTED", "LABELS", "VERSION", "LAST REJECTION"], &rows)
+    table::render(
+        &["NODE", "CONNECTED", "LABELS", "VERSION", "IDENTITY", "CERT EXPIRES", "LAST REJECTION", "RENEWAL ERROR"],
+        &rows,
+    )
 }
 
 fn versions_table(answer: &Value) -> String {

@@ -82,7 +82,11 @@ async fn bind(address: std::net::SocketAddr, what: &str, flag: &str) -> Result<t
 }
 
 async fn open_control_plane(data: &Path) -> Result<(Arc<ControlPlane>, String), Failure> {
-    let settings = Settings { data_dir: data.to_owned(), max_module_size: Settings::DEFAULT_MAX_MODULE_SIZE };
+    let settings = Settings {
+        data_dir: data.to_owned(),
+        max_module_size: Settings::DEFAULT_MAX_MODULE_SIZE,
+        identity: Default::default(),
+    };
     let (plane, origin) = crate::control_cmd::open(settings).await?;
     let token = match origin {
         TokenOrigin::Created { token, .. } => token,

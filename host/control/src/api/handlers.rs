@@ -81,7 +81,11 @@ where
             let format = format_of(content_type.as_deref(), text);
             Ok(applied(plane.apply(text, format, author()?).await?))
         }
-        Endpoint::ListProxies => Ok(json_response(StatusCode::OK, &plane.proxies().to_json())),
+        Endpoint::ListProxies => {
+            let mut proxies = plane.proxies().to_json();
+            plane.mesh().annotate_proxies(&mut proxies);
+            Ok(json_response(StatusCode::OK, &proxies))
+        }
         Endpoint::ListExperiments => {
             let experiments: Vec<Value> = plane.experiments().list().await?.iter().map(|r| r.summary_json()).collect();
             Ok(json_response(StatusCode::OK, &json!({ "experiments": experiments })))
@@ -110,6 +114,20 @@ where
         Endpoint::AbortAllExperiments => {
             let aborted = plane.experiments().abort_all(&author()?.by).await;
             Ok(json_response(StatusCode::OK, &json!({ "aborted": aborted })))
+        }
+        Endpoint::CreateToken
+        | Endpoint::ListTokens
+        | Endpoint::RevokeToken
+        | Endpoint::GetMesh
+        | Endpoint::StartRotation
+        | Endpoint::FinishRotation => {
+            let body = match endpoint {
+                Endpoint::CreateToken | Endpoint::StartRotation | Endpoint::FinishRotation => {
+                    read_body(request, MAX_SMALL_BODY).await?
+                }
+                _ => Bytes::new(),
+            };
+            super::mesh::serve(plane, endpoint, parameter().ok(), author()?, body).await
         }
         Endpoint::ListVersions => {
             let (versions, current) = plane.versions().await?;

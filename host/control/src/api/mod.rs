@@ -3,6 +3,7 @@
 //! tracing span.
 
 mod handlers;
+mod mesh;
 pub mod routes;
 
 use crate::error::ControlError;

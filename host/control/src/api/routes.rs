@@ -22,6 +22,12 @@ pub enum Endpoint {
     GetExperiment,
     AbortExperiment,
     AbortAllExperiments,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
+    GetMesh,
+    StartRotation,
+    FinishRotation,
 }
 
 /// A method and a path pattern; `{name}` matches one path segment.
@@ -56,6 +62,12 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/experiments/abort", Endpoint::AbortAllExperiments),
     route(Method::GET, "/v1/experiments/{id}", Endpoint::GetExperiment),
     route(Method::POST, "/v1/experiments/{id}/abort", Endpoint::AbortExperiment),
+    route(Method::POST, "/v1/tokens", Endpoint::CreateToken),
+    route(Method::GET, "/v1/tokens", Endpoint::ListTokens),
+    route(Method::DELETE, "/v1/tokens/{id}", Endpoint::RevokeToken),
+    route(Method::GET, "/v1/mesh", Endpoint::GetMesh),
+    route(Method::POST, "/v1/mesh/rotation", Endpoint::StartRotation),
+    route(Method::POST, "/v1/mesh/rotation/finish", Endpoint::FinishRotation),
 ];
 
 /// What a request's method and path matched.

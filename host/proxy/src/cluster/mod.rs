@@ -10,6 +10,7 @@ use health::{ClusterHealth, EndpointHealth, Prober};
 
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, EndpointLabels, Metrics, Name};
+use crate::tls::mesh::MeshIdentity;
 use crate::upstream::{ConnectionBudget, ConnectionSlots, Connector, Turn};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -145,7 +146,13 @@ pub struct Cluster {
 
 impl Cluster {
     /// Resolves the endpoints and prepares their pools. No connection is made yet.
-    pub async fn build(config: &weft_config::Cluster, at: &str, metrics: &Arc<Metrics>) -> Result<Cluster, FieldError> {
+    /// `mesh` is the proxy's mesh identity, for a cluster with `mtls: mesh`.
+    pub async fn build(
+        config: &weft_config::Cluster,
+        at: &str,
+        metrics: &Arc<Metrics>,
+        mesh: Option<&Arc<MeshIdentity>>,
+    ) -> Result<Cluster, FieldError> {
         let name = Name::new(&config.name);
         let labels = ClusterLabels { cluster: name.clone() };
         let breaker = &config.circuit_breaker;
@@ -168,23 +175,15 @@ impl Cluster {
             let host = written
                 .rsplit_once(':')
                 .map_or(written.as_str(), |(h, _)| h.trim_start_matches('[').trim_end_matches(']'));
-            let tls = match &config.tls {
-                Some(tls) => {
-                    let alpn: &[&[u8]] = match config.protocol {
-                        UpstreamProtocol::Http1 => &[b"http/1.1"],
-                        UpstreamProtocol::Http2 => &[b"h2", b"http/1.1"],
-                    };
-                    Some(crate::tls::client_config(tls, &format!("{at}.tls"), host, alpn)?)
-                }
-                None => None,
-            };
+            let tls = crate::tls::cluster_client_config(config, at, host, mesh)?;
+            let secure = tls.is_some();
             let connector = Connector::new(address, tls, config.connect_timeout.get(), budget.clone(), created.clone());
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(config.idle_timeout.get())
                 .pool_max_idle_per_host(config.max_idle_connections as usize)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
-                .http2_only(config.protocol == UpstreamProtocol::Http2 && config.tls.is_none())
+                .http2_only(config.protocol == UpstreamProtocol::Http2 && !secure)
                 .build(connector.clone());
             endpoints.push(Arc::new(Endpoint {
                 name: written.clone(),
@@ -202,7 +201,8 @@ impl Cluster {
             }));
         }
         let balancer = Balancer::new(config.lb, &endpoints);
-        let scheme = if config.tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+        let secure = config.tls.is_some() || config.mtls.is_some();
+        let scheme = if secure { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
         // The prober ends when the cluster is dropped (a reload replaced it), so none leak.
         let prober = config.health_check.clone().map(|check| Prober::spawn(check, endpoints.clone(), scheme.clone()));
         Ok(Cluster {

@@ -145,7 +145,8 @@ clusters:
     health_check: { interval: 10ms, timeout: 10ms }
 "#;
     let config = weft_config::Config::parse(yaml, weft_config::Format::Yaml).unwrap();
-    let cluster = super::super::Cluster::build(&config.clusters[0], "clusters[0]", &Metrics::new()).await.unwrap();
+    let cluster =
+        super::super::Cluster::build(&config.clusters[0], "clusters[0]", &Metrics::new(), None).await.unwrap();
     let endpoint = cluster.endpoints[0].clone();
     assert!(Arc::strong_count(&endpoint) > 2, "the prober holds the endpoint");
     drop(cluster);
