@@ -219,9 +219,14 @@ impl Manager {
         Ok(issued.not_after)
     }
 
-    /// Installs a certificate (and the bundle that came with it) and keeps them.
+    /// Installs a renewed certificate and keeps it. The bundle that came with it is taken only
+    /// when the proxy has none: the `Follow` stream is what keeps the bundle current, and a renewal
+    /// answered just before a rotation moved on carries the bundle of before (taking it would put
+    /// back a root the rotation just retired, and nothing would send the current one again).
     fn take(&self, issued: &Issued, key_pem: &str) -> Result<(), String> {
-        self.take_bundle(&issued.bundle_pem, None);
+        if self.mesh.bundle_digest().is_none() {
+            self.take_bundle(&issued.bundle_pem, None);
+        }
         self.mesh.set_certificate(&issued.chain_pem, key_pem).map_err(|e| format!("the certificate received: {e}"))?;
         if let Err(error) = self.files.save_certificate(key_pem, &issued.chain_pem) {
             tracing::warn!(error = %format!("{error:#}"), "cannot keep the new mesh certificate on disk");
