@@ -28,6 +28,8 @@ pub struct Downstream {
     pub tls: Option<TlsInfo>,
     /// The config in force when the connection was accepted; used if its listener is removed.
     pub accepted: Arc<Snapshot>,
+    /// `peer`'s IP as an `x-forwarded-for` entry, made once for all the connection's requests.
+    pub forwarded_for: http::HeaderValue,
 }
 
 /// A bound socket and its accept loop.
@@ -165,8 +167,15 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let mut conn =
-        Downstream { id: shared.next_connection_id(), listener: state.name.clone(), peer, local, tls: None, accepted };
+    let mut conn = Downstream {
+        id: shared.next_connection_id(),
+        listener: state.name.clone(),
+        peer,
+        local,
+        tls: None,
+        accepted,
+        forwarded_for: crate::http::forwarded_for(peer.ip()),
+    };
     match &state.tls {
         None => dispatch(stream, conn, state, shared, watcher).await,
         Some(acceptor) => {

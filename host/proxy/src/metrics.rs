@@ -47,6 +47,50 @@ pub struct RouteLabels {
     pub cluster: Name,
 }
 
+/// One listener's request metrics toward one cluster (or toward none, for requests answered
+/// before routing), resolved when the config is loaded: a request then counts itself without
+/// hashing label sets into the families.
+pub struct RouteMetrics {
+    labels: RouteLabels,
+    requests_by_code: std::sync::RwLock<Vec<(u16, Counter)>>,
+    requests: Family<RequestLabels, Counter>,
+    pub duration: Histogram,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, listener: &Name, cluster: &Name) -> RouteMetrics {
+        let labels = RouteLabels { listener: listener.clone(), cluster: cluster.clone() };
+        RouteMetrics {
+            duration: metrics.request_duration.get_or_create(&labels).clone(),
+            request_bytes: metrics.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: metrics.response_bytes.get_or_create(&labels).clone(),
+            requests: metrics.requests.clone(),
+            requests_by_code: Default::default(),
+            labels,
+        }
+    }
+
+    /// Counts a request answered with `code`.
+    pub fn count(&self, code: u16) {
+        let known = self.requests_by_code.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counter)) = known.iter().find(|(c, _)| *c == code) {
+            counter.inc();
+            return;
+        }
+        drop(known);
+        let labels =
+            RequestLabels { listener: self.labels.listener.clone(), cluster: self.labels.cluster.clone(), code };
+        let counter = self.requests.get_or_create(&labels).clone();
+        counter.inc();
+        let mut known = self.requests_by_code.write().unwrap_or_else(|e| e.into_inner());
+        if !known.iter().any(|(c, _)| *c == code) {
+            known.push((code, counter));
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: Name,

@@ -3,7 +3,7 @@
 
 use crate::chain::{FilterChain, FilterHost, FilterLoader, HttpFilter};
 use crate::cluster::Cluster;
-use crate::metrics::Name;
+use crate::metrics::{Name, RouteMetrics};
 use crate::tls::mesh::MeshIdentity;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +27,10 @@ pub struct ListenerState {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub chain: FilterChain,
     pub default_cluster: Option<Name>,
+    /// Request metrics toward each cluster, by cluster name.
+    pub routes: HashMap<String, Arc<RouteMetrics>>,
+    /// Request metrics of requests answered before a cluster was chosen.
+    pub unrouted: Arc<RouteMetrics>,
 }
 
 impl Snapshot {
@@ -82,6 +86,14 @@ impl Snapshot {
                         listener.filters.iter().filter_map(|name| filters.get(name).cloned()).collect(),
                     ),
                     default_cluster: listener.cluster.as_deref().map(Name::new),
+                    routes: clusters
+                        .keys()
+                        .map(|cluster: &String| {
+                            let metrics = RouteMetrics::new(metrics, &Name::new(&listener.name), &Name::new(cluster));
+                            (cluster.clone(), Arc::new(metrics))
+                        })
+                        .collect(),
+                    unrouted: Arc::new(RouteMetrics::new(metrics, &Name::new(&listener.name), &Name::new("none"))),
                 }),
             );
         }

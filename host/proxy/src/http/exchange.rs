@@ -1,7 +1,7 @@
 //! One request's record: what it was, where it went, how it ended. Recorded into metrics and the
 //! access log exactly once, when the response body ends (or is abandoned).
 
-use crate::metrics::{Metrics, Name, RequestLabels, RouteLabels};
+use crate::metrics::{Metrics, Name, RouteMetrics};
 use http::{HeaderValue, Method, Version};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -14,6 +14,8 @@ pub struct Exchange {
     pub started: Instant,
     pub listener: Name,
     pub cluster: Option<Name>,
+    /// Where the request counts itself: its listener toward its cluster (or toward none).
+    pub route: Arc<RouteMetrics>,
     pub status: u16,
     pub upstream: Option<SocketAddr>,
     /// Time until the upstream's response head arrived.
@@ -48,24 +50,14 @@ pub struct AccessLogFields {
     pub tls_version: Option<&'static str>,
 }
 
-static NO_CLUSTER: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::new("none"));
-
 impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let cluster = self.cluster.clone().unwrap_or_else(|| NO_CLUSTER.clone());
-        let m = &self.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
-                listener: self.listener.clone(),
-                cluster: cluster.clone(),
-                code: self.status,
-            })
-            .inc();
-        let route = RouteLabels { listener: self.listener.clone(), cluster };
-        m.request_duration.get_or_create(&route).observe(elapsed.as_secs_f64());
-        m.request_bytes.get_or_create(&route).inc_by(self.bytes_received.load(Ordering::Relaxed));
-        m.response_bytes.get_or_create(&route).inc_by(self.bytes_sent);
+        let route = &self.route;
+        route.count(self.status);
+        route.duration.observe(elapsed.as_secs_f64());
+        route.request_bytes.inc_by(self.bytes_received.load(Ordering::Relaxed));
+        route.response_bytes.inc_by(self.bytes_sent);
         if let Some(log) = &self.log {
             write_access_log(self, log, elapsed);
         }

@@ -10,39 +10,89 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The hop-by-hop headers weft removes, each with its bit in the set [`strip_hop_by_hop`] finds.
+fn hop_by_hop(name: &HeaderName) -> u16 {
+    match name {
+        n if n == header::CONNECTION => 1,
+        n if n == header::TRANSFER_ENCODING => 1 << 1,
+        n if n == header::TRAILER => 1 << 2,
+        n if n == header::PROXY_AUTHENTICATE => 1 << 3,
+        n if n == header::PROXY_AUTHORIZATION => 1 << 4,
+        n if n == header::TE => 1 << 5,
+        n if n == header::UPGRADE => 1 << 6,
+        n if n == KEEP_ALIVE => 1 << 7,
+        n if n == PROXY_CONNECTION => 1 << 8,
+        _ => 0,
+    }
+}
+
+/// The names [`hop_by_hop`] knows, as `Connection` may list them.
+const FIXED: [&str; 9] = [
+    "connection",
+    "transfer-encoding",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
+const CONNECTION_BIT: u16 = 1;
+const UPGRADE_BIT: u16 = 1 << 6;
+
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
 /// including any named by `Connection`. `TE: trailers` survives: gRPC needs it end to end.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive for a tunnel.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        if let Ok(text) = connection.to_str() {
-            let named: Vec<HeaderName> = text
-                .split(',')
-                .map(|t| t.trim())
-                .filter(|t| !t.is_empty())
-                .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
+    // One pass over the names finds which are there: most messages carry none of them but
+    // `Connection`, and a hashed lookup for each name that is not there cost more than the rest.
+    let mut present = 0u16;
+    for (name, value) in headers.iter() {
+        let bit = hop_by_hop(name);
+        if bit == 1 << 5 && value.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            continue;
+        }
+        present |= bit;
+    }
+    if present & CONNECTION_BIT != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|text| text.split(','))
+            .map(str::trim)
+            // `close` is a connection option, not a field ("Close" is a reserved field name).
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close"))
+            // The fixed ones (`keep-alive`, `upgrade`, …) are removed below when they are there.
+            .filter(|t| !FIXED.iter().any(|fixed| t.eq_ignore_ascii_case(fixed)))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
-    for name in
-        [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::TRAILER, &header::PROXY_AUTHENTICATE]
-    {
-        headers.remove(name);
+    if keep_upgrade {
+        present &= !(CONNECTION_BIT | UPGRADE_BIT);
     }
-    headers.remove(header::PROXY_AUTHORIZATION);
-    let te_is_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_is_trailers {
-        headers.remove(header::TE);
+    for name in [
+        &header::CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::TRAILER,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ] {
+        if present & hop_by_hop(name) != 0 {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -55,14 +105,26 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|t| t.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-/// Appends the client to `x-forwarded-for` and states the scheme the client used.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool) {
-    let client = client.to_string();
+/// A client's address as an `x-forwarded-for` entry: made once per connection, not per request.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    // An IP address in text is always a valid header value.
+    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (its [`forwarded_for`] value) to `x-forwarded-for` and states the scheme
+/// the client used.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool) {
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {client}"),
-        _ => client,
+        Some(existing) if !existing.trim().is_empty() => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if https { "https" } else { "http" }));
@@ -137,9 +199,31 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_client() {
         let mut headers = map(&[("x-forwarded-for", "203.0.113.7")]);
-        set_forwarded(&mut headers, "127.0.0.1".parse().unwrap(), true);
+        set_forwarded(&mut headers, &forwarded_for("127.0.0.1".parse().unwrap()), true);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "https");
+        let mut first = HeaderMap::new();
+        set_forwarded(&mut first, &forwarded_for("::1".parse().unwrap()), false);
+        assert_eq!(first["x-forwarded-for"], "::1");
+        assert_eq!(first["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_as_they_are() {
+        let mut headers = map(&[("host", "shop"), ("accept", "*/*"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 3);
+        let mut closing = map(&[("connection", "close"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut closing, false);
+        assert_eq!(closing.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
+        let mut several =
+            map(&[("connection", "x-a"), ("connection", "x-b"), ("x-a", "1"), ("x-b", "2"), ("x-c", "3")]);
+        strip_hop_by_hop(&mut several, false);
+        assert_eq!(
+            several.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-c"],
+            "every Connection header counts"
+        );
     }
 
     #[test]

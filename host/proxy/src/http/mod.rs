@@ -10,6 +10,7 @@ mod local_reply;
 pub use body::{BoxError, ProxyBody};
 pub use exchange::{print_access_log, rfc3339};
 pub use filtered::{BodyAnswer, FilteredBody};
+pub use headers::forwarded_for;
 pub use local_reply::LocalReply;
 
 use crate::chain::{RequestDecisions, StreamInfo};
@@ -47,9 +48,12 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     // The config in force now, unless this connection's listener is gone from it (it is draining).
     let current = shared.snapshot.load_full();
-    let snapshot = if current.listeners.contains_key(conn.listener.as_str()) { current } else { conn.accepted.clone() };
-    let Some(listener) = snapshot.listeners.get(conn.listener.as_str()).cloned() else {
-        return Ok(LocalReply::NoRoute.into_response());
+    let (snapshot, listener) = match current.listeners.get(conn.listener.as_str()).cloned() {
+        Some(listener) => (current, listener),
+        None => match conn.accepted.listeners.get(conn.listener.as_str()).cloned() {
+            Some(listener) => (conn.accepted.clone(), listener),
+            None => return Ok(LocalReply::NoRoute.into_response()),
+        },
     };
 
     let mut exchange = Exchange {
@@ -57,6 +61,7 @@ pub async fn handle(
         started: Instant::now(),
         listener: listener.name.clone(),
         cluster: None,
+        route: listener.unrouted.clone(),
         status: 0,
         upstream: None,
         upstream_latency: None,
@@ -148,6 +153,9 @@ async fn proxy(
         decisions.upstream_cluster.or_else(|| listener.default_cluster.clone()).ok_or(LocalReply::NoRoute)?;
     let cluster = snapshot.clusters.get(cluster_name.as_str()).ok_or(LocalReply::NoRoute)?;
     exchange.cluster = Some(cluster.name.clone());
+    if let Some(route) = listener.routes.get(cluster.name.as_str()) {
+        exchange.route = route.clone();
+    }
 
     let Some(_admitted) = cluster.load.admit(cluster.config.circuit_breaker.max_requests) else {
         exchange.metrics.upstream_overloaded.get_or_create(&ClusterLabels { cluster: cluster.name.clone() }).inc();
@@ -161,7 +169,7 @@ async fn proxy(
     // weft answers `Expect: 100-continue` itself: hyper sends the 100 when the body is first read,
     // which happens once the upstream is connected and ready for it.
     parts.headers.remove(header::EXPECT);
-    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls.is_some());
+    headers::set_forwarded(&mut parts.headers, &conn.forwarded_for, conn.tls.is_some());
     parts.uri = upstream_uri(cluster, &parts, &endpoint.name)?;
     parts.version = Version::HTTP_11;
 
@@ -268,19 +276,22 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 /// The absolute URI the pool needs. It keeps the client's authority, so `Host`/`:authority`
 /// arrive upstream as the client sent them; the connection itself goes to the chosen endpoint.
 pub(crate) fn upstream_uri(cluster: &Cluster, parts: &http::request::Parts, endpoint: &str) -> Result<Uri, LocalReply> {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or(endpoint);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme(cluster.scheme.clone())
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|_| LocalReply::BadRequest("invalid request target"))
+    let invalid = |_| LocalReply::BadRequest("invalid request target");
+    // The URI's own parts are reused as they are (already parsed); only a `Host` is parsed here.
+    let authority = match parts.uri.authority() {
+        Some(authority) => authority.clone(),
+        None => match parts.headers.get(header::HOST) {
+            Some(host) => http::uri::Authority::try_from(host.as_bytes()).map_err(invalid)?,
+            None => http::uri::Authority::try_from(endpoint).map_err(invalid)?,
+        },
+    };
+    let path_and_query =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(cluster.scheme.clone());
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path_and_query);
+    Uri::from_parts(uri).map_err(|_| LocalReply::BadRequest("invalid request target"))
 }
 
 /// The request's key on a ring_hash cluster: the configured header, else the client's IP.
