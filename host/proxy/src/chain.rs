@@ -44,8 +44,9 @@ pub type Wait = Pin<Box<dyn Future<Output = Resumed> + Send>>;
 pub enum Verdict {
     /// Go on to the next filter, then upstream (for a body: pass the data on).
     Continue,
-    /// Stop here and send this response to the client.
-    Respond(Response<ProxyBody>),
+    /// Stop here and send this response to the client (boxed: a verdict travels by value through
+    /// every phase, and most verdicts are not responses).
+    Respond(Box<Response<ProxyBody>>),
     /// A body phase only: hold the data back and call again with it and what follows.
     Buffer,
     /// Wait, then call [`FilterStream::resume`] for the same message.
@@ -264,8 +265,8 @@ pub struct ChainStreams {
 
 /// How a body step ended when it did not simply pass data on.
 pub enum BodyStop {
-    /// A filter answered the request itself.
-    Respond(Response<ProxyBody>),
+    /// A filter answered the request itself (boxed, like [`Verdict::Respond`]).
+    Respond(Box<Response<ProxyBody>>),
     /// A filter held back more than the listener's `max_buffered_body`.
     TooLarge,
 }
@@ -280,25 +281,43 @@ impl ChainStreams {
         self.inner.as_ref().map(|inner| inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn len(&self) -> usize {
-        self.lock().map_or(0, |s| s.streams.len())
+    /// Runs the filters' phase from `position` (in the direction's order) on, one after the
+    /// other under one lock, until one answers, holds data back or pauses (the lock is released
+    /// before any wait). `resumed`: what the wait of the filter at `position` yielded.
+    fn drive(
+        &self,
+        direction: Direction,
+        position: usize,
+        resumed: Option<Resumed>,
+        phase: &mut PhaseFn<'_>,
+    ) -> Driven {
+        let Some(mut streams) = self.lock() else { return Driven::Through };
+        let count = streams.streams.len();
+        let mut resumed = resumed;
+        for position in position..count {
+            let index = if direction == Direction::Request { position } else { count - 1 - position };
+            match phase(&mut streams, index, resumed.take()) {
+                Verdict::Continue => {}
+                Verdict::Respond(response) => return Driven::Respond(response),
+                Verdict::Buffer => return Driven::Buffer,
+                Verdict::Pause(wait) => return Driven::Paused(position, wait),
+            }
+        }
+        Driven::Through
     }
 
-    /// Runs one filter's phase to its end, waiting out pauses without holding the lock. `phase`
-    /// runs the phase (`None`) or resumes it with what its wait yielded.
-    async fn run(&self, phase: &mut PhaseFn<'_>) -> Verdict {
-        let mut verdict = {
-            let Some(mut streams) = self.lock() else { return Verdict::Continue };
-            phase(&mut streams, None)
-        };
+    /// [`ChainStreams::drive`] from the first filter to the end, waiting out pauses. Nothing is
+    /// boxed or allocated unless a filter pauses.
+    async fn run(&self, direction: Direction, phase: &mut PhaseFn<'_>) -> Option<Box<Response<ProxyBody>>> {
+        let mut driven = self.drive(direction, 0, None, phase);
         loop {
-            match verdict {
-                Verdict::Pause(wait) => {
+            match driven {
+                Driven::Paused(position, wait) => {
                     let resumed = wait.await;
-                    let Some(mut streams) = self.lock() else { return Verdict::Continue };
-                    verdict = phase(&mut streams, Some(resumed));
+                    driven = self.drive(direction, position, Some(resumed), phase);
                 }
-                other => return other,
+                Driven::Respond(response) => return Some(response),
+                Driven::Through | Driven::Buffer => return None,
             }
         }
     }
@@ -310,15 +329,11 @@ impl ChainStreams {
         decisions: &mut RequestDecisions,
         end_of_stream: bool,
     ) -> Option<Response<ProxyBody>> {
-        for index in 0..self.len() {
-            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                s.step(index, Message::RequestHeaders(&mut *request, &mut *decisions), end_of_stream, resumed)
-            };
-            if let Verdict::Respond(response) = self.run(&mut phase).await {
-                return Some(response);
-            }
-        }
-        None
+        let mut phase = |s: &mut Streams, index: usize, resumed: Option<Resumed>| {
+            let message = Message::RequestHeaders(&mut *request, &mut *decisions);
+            not_body(s.step(index, message, end_of_stream, resumed))
+        };
+        self.run(Direction::Request, &mut phase).await.map(|response| *response)
     }
 
     /// The response-headers phase in reverse order, as a response travels back out.
@@ -327,15 +342,10 @@ impl ChainStreams {
         response: &mut ResponseParts,
         end_of_stream: bool,
     ) -> Option<Response<ProxyBody>> {
-        for index in self.order(Direction::Response) {
-            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                s.step(index, Message::ResponseHeaders(&mut *response), end_of_stream, resumed)
-            };
-            if let Verdict::Respond(reply) = self.run(&mut phase).await {
-                return Some(reply);
-            }
-        }
-        None
+        let mut phase = |s: &mut Streams, index: usize, resumed: Option<Resumed>| {
+            not_body(s.step(index, Message::ResponseHeaders(&mut *response), end_of_stream, resumed))
+        };
+        self.run(Direction::Response, &mut phase).await.map(|reply| *reply)
     }
 
     /// Passes a piece of body through the filters (in the direction's order). Each filter sees
@@ -348,64 +358,134 @@ impl ChainStreams {
         end_of_stream: bool,
         limit: usize,
     ) -> Result<Bytes, BodyStop> {
-        let side = direction as usize;
-        let mut passing = BytesMut::from(data);
-        for index in self.order(direction) {
-            {
-                let Some(mut streams) = self.lock() else { break };
-                let count = streams.streams.len();
-                let held = &mut streams.held[side];
-                if held.len() < count {
-                    held.resize_with(count, BytesMut::new);
-                }
-                if hold(&mut held[index], &mut passing, limit) {
-                    return Err(BodyStop::TooLarge);
-                }
-            }
-            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                // The held data moves out for the call: the filter and the buffer are both in `s`.
-                let mut body = std::mem::take(&mut s.held[side][index]);
-                let message = match direction {
-                    Direction::Request => Message::RequestBody(&mut body),
-                    Direction::Response => Message::ResponseBody(&mut body),
-                };
-                let verdict = s.step(index, message, end_of_stream, resumed);
-                s.held[side][index] = body;
-                verdict
-            };
-            match self.run(&mut phase).await {
-                Verdict::Respond(response) => return Err(BodyStop::Respond(response)),
-                // Held back: nothing passes this filter yet. At the end of the stream there is
-                // nothing more to wait for, so the data goes on.
-                Verdict::Buffer if !end_of_stream => return Ok(Bytes::new()),
-                _ => {
-                    let Some(mut streams) = self.lock() else { break };
-                    passing = std::mem::take(&mut streams.held[side][index]);
-                }
-            }
+        match self.body_now(direction, data, end_of_stream, limit) {
+            BodyStep::Done(result) => result,
+            BodyStep::Waiting(waiting) => waiting.await,
         }
-        Ok(passing.freeze())
+    }
+
+    /// [`ChainStreams::body`] without a future when no filter pauses: the outcome at once, or
+    /// the rest of the work to wait for.
+    pub fn body_now(&self, direction: Direction, data: Bytes, end_of_stream: bool, limit: usize) -> BodyStep {
+        let mut body = BodyRun { direction, passing: BytesMut::from(data), end_of_stream, limit, too_large: false };
+        match self.drive(direction, 0, None, &mut |s, index, resumed| body.phase(s, index, resumed)) {
+            Driven::Paused(position, wait) => {
+                let chain = self.clone();
+                BodyStep::Waiting(Box::pin(async move {
+                    let mut driven = Driven::Paused(position, wait);
+                    while let Driven::Paused(position, wait) = driven {
+                        let resumed = wait.await;
+                        driven = chain.drive(direction, position, Some(resumed), &mut |s, index, resumed| {
+                            body.phase(s, index, resumed)
+                        });
+                    }
+                    body.outcome(driven)
+                }))
+            }
+            driven => BodyStep::Done(body.outcome(driven)),
+        }
     }
 
     /// The trailers phase (in the direction's order).
     pub async fn trailers(&self, direction: Direction, trailers: &mut HeaderMap) -> Option<Response<ProxyBody>> {
-        for index in self.order(direction) {
-            let mut phase = |s: &mut Streams, resumed: Option<Resumed>| {
-                let message = match direction {
-                    Direction::Request => Message::RequestTrailers(&mut *trailers),
-                    Direction::Response => Message::ResponseTrailers(&mut *trailers),
-                };
-                s.step(index, message, true, resumed)
+        let mut phase = |s: &mut Streams, index: usize, resumed: Option<Resumed>| {
+            let message = match direction {
+                Direction::Request => Message::RequestTrailers(&mut *trailers),
+                Direction::Response => Message::ResponseTrailers(&mut *trailers),
             };
-            if let Verdict::Respond(reply) = self.run(&mut phase).await {
-                return Some(reply);
+            not_body(s.step(index, message, true, resumed))
+        };
+        self.run(direction, &mut phase).await.map(|reply| *reply)
+    }
+}
+
+/// Holding data back means nothing outside a body phase: the message goes on to the next filter.
+fn not_body(verdict: Verdict) -> Verdict {
+    match verdict {
+        Verdict::Buffer => Verdict::Continue,
+        other => other,
+    }
+}
+
+/// How [`ChainStreams::drive`] stopped.
+enum Driven {
+    /// Every filter let the message through.
+    Through,
+    Respond(Box<Response<ProxyBody>>),
+    /// A body phase held its data back.
+    Buffer,
+    /// The filter at this position (in the direction's order) paused.
+    Paused(usize, Wait),
+}
+
+/// A body step's outcome: at once, or after a filter's wait.
+pub enum BodyStep {
+    Done(Result<Bytes, BodyStop>),
+    Waiting(Pin<Box<dyn Future<Output = Result<Bytes, BodyStop>> + Send>>),
+}
+
+/// One piece of body on its way through the filters' body phase.
+struct BodyRun {
+    direction: Direction,
+    /// What the last filter let through, for the next one.
+    passing: BytesMut,
+    end_of_stream: bool,
+    limit: usize,
+    too_large: bool,
+}
+
+impl BodyRun {
+    /// Filter `index`'s body phase: it gets what it held back plus what passes now (or, resumed,
+    /// what it held when it paused).
+    fn phase(&mut self, s: &mut Streams, index: usize, resumed: Option<Resumed>) -> Verdict {
+        let side = self.direction as usize;
+        if resumed.is_none() {
+            let count = s.streams.len();
+            let held = &mut s.held[side];
+            if held.len() < count {
+                held.resize_with(count, BytesMut::new);
+            }
+            if hold(&mut held[index], &mut self.passing, self.limit) {
+                self.too_large = true;
+                return Verdict::Buffer;
             }
         }
-        None
+        // The held data moves out for the call: the filter and the buffer are both in `s`.
+        let mut body = std::mem::take(&mut s.held[side][index]);
+        let message = match self.direction {
+            Direction::Request => Message::RequestBody(&mut body),
+            Direction::Response => Message::ResponseBody(&mut body),
+        };
+        let verdict = s.step(index, message, self.end_of_stream, resumed);
+        match verdict {
+            // Held back: nothing passes this filter yet. At the end of the stream there is
+            // nothing more to wait for, so the data goes on.
+            Verdict::Buffer if self.end_of_stream => {
+                self.passing = body;
+                Verdict::Continue
+            }
+            Verdict::Buffer | Verdict::Pause(_) => {
+                s.held[side][index] = body;
+                verdict
+            }
+            Verdict::Continue => {
+                self.passing = body;
+                Verdict::Continue
+            }
+            Verdict::Respond(_) => {
+                s.held[side][index] = body;
+                verdict
+            }
+        }
     }
 
-    fn order(&self, direction: Direction) -> impl Iterator<Item = usize> {
-        order(self.len(), direction)
+    fn outcome(self, driven: Driven) -> Result<Bytes, BodyStop> {
+        match driven {
+            _ if self.too_large => Err(BodyStop::TooLarge),
+            Driven::Respond(response) => Err(BodyStop::Respond(response)),
+            Driven::Buffer => Ok(Bytes::new()),
+            Driven::Through | Driven::Paused(..) => Ok(self.passing.freeze()),
+        }
     }
 }
 
@@ -426,7 +506,8 @@ fn order(count: usize, direction: Direction) -> impl Iterator<Item = usize> {
     (0..count).map(move |i| if direction == Direction::Request { i } else { count - 1 - i })
 }
 
-type PhaseFn<'a> = dyn FnMut(&mut Streams, Option<Resumed>) -> Verdict + Send + 'a;
+/// One filter's phase: (the streams, the filter's index, what its wait yielded when resumed).
+type PhaseFn<'a> = dyn FnMut(&mut Streams, usize, Option<Resumed>) -> Verdict + Send + 'a;
 
 #[cfg(test)]
 mod tests {

@@ -104,20 +104,32 @@ pub fn current_log_level() -> u32 {
 /// Serializes pairs the spec's way: `u32 count`, then `u32 key_len, u32 value_len` per pair, then
 /// each key and value followed by a NUL byte. All integers little-endian.
 pub fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
-    let (count, bytes) = pairs.clone().fold((0usize, 0usize), |(n, b), (k, v)| (n + 1, b + k.len() + v.len() + 2));
-    let mut out = Vec::with_capacity(4 + count * 8 + bytes);
+    let mut out = Vec::new();
+    encode_pairs_into(&mut out, pairs);
+    out
+}
+
+/// [`encode_pairs`] appending to `out` (a buffer reused from call to call).
+pub fn encode_pairs_into<'a>(out: &mut Vec<u8>, pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) {
+    encode_pairs_with(out, || pairs.clone());
+}
+
+/// [`encode_pairs_into`] for pairs that cannot be cloned as an iterator (a header map's): `pairs`
+/// makes a fresh iterator over the same pairs for each of the encoding's three passes.
+pub fn encode_pairs_with<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(out: &mut Vec<u8>, pairs: impl Fn() -> I) {
+    let (count, bytes) = pairs().fold((0usize, 0usize), |(n, b), (k, v)| (n + 1, b + k.len() + v.len() + 2));
+    out.reserve(4 + count * 8 + bytes);
     out.extend_from_slice(&(count as u32).to_le_bytes());
-    for (key, value) in pairs.clone() {
+    for (key, value) in pairs() {
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     }
-    for (key, value) in pairs {
+    for (key, value) in pairs() {
         out.extend_from_slice(key);
         out.push(0);
         out.extend_from_slice(value);
         out.push(0);
     }
-    out
 }
 
 /// Parses the spec's pairs format; `None` when the bytes do not hold exactly that.

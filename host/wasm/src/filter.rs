@@ -34,7 +34,14 @@ struct Slot {
     generation: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// States of finished streams, kept for the next ones: a request reuses one instead of
+    /// allocating its own. Boxed: the boxes are what is reused, handed to the instance as they are.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<StreamState>>,
 }
+
+/// How many finished streams' states a slot keeps for reuse (about the requests in flight on it).
+const SPARE_STATES: usize = 64;
 
 struct Shared {
     plugin: Arc<PluginInfo>,
@@ -69,7 +76,8 @@ impl WasmFilter {
         for index in 0..instances.max(1) {
             let owner = InstanceEvents { events: Some(events.clone()), slot: index, generation: 0 };
             let vm = Vm::start(&module, plugin.clone(), owner)?;
-            let slot = Slot { index, vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF };
+            let slot =
+                Slot { index, vm: Some(vm), generation: 0, retry_at: None, backoff: FIRST_BACKOFF, spare: Vec::new() };
             slots.push(Mutex::new(slot));
         }
         let shared = Shared {
@@ -184,7 +192,7 @@ impl Shared {
 
     fn policy_verdict(&self) -> Verdict {
         match self.policy {
-            FailurePolicy::FailClosed => Verdict::Respond(LocalReply::FilterFailed.into_response()),
+            FailurePolicy::FailClosed => Verdict::Respond(Box::new(LocalReply::FilterFailed.into_response())),
             FailurePolicy::FailOpen => Verdict::Continue,
         }
     }
@@ -221,17 +229,19 @@ impl Shared {
         Some((slot, id))
     }
 
-    /// Ends a context: its log and clean-up callbacks, unless its instance is gone.
+    /// Ends a context: its log and clean-up callbacks, unless its instance is gone. The stream's
+    /// state is kept for a later stream.
     fn finish(&self, index: usize, context: Option<(u64, u32)>, state: Option<Box<StreamState>>) {
         let Some((generation, context)) = context else { return };
         let mut slot = self.lock(index);
         if slot.generation != generation {
             return;
         }
-        if let Some(vm) = slot.vm.as_mut() {
-            if let Err(error) = vm.finish_context(context, state) {
-                self.failed(&mut slot, &error);
-            }
+        let Some(vm) = slot.vm.as_mut() else { return };
+        match vm.finish_context(context, state) {
+            Ok(Some(state)) if slot.spare.len() < SPARE_STATES => slot.spare.push(state),
+            Ok(_) => {}
+            Err(error) => self.failed(&mut slot, &error),
         }
     }
 }
@@ -366,14 +376,31 @@ struct WasmStream {
     context: Option<(u64, u32)>,
     /// The stream's state between callbacks (parked in the instance while a request waits).
     state: Option<Box<StreamState>>,
+    /// The facts the state is made from on the first callback (`None` once it is made).
+    info: Option<Arc<StreamInfo>>,
 }
 
 impl WasmStream {
     /// A stream in the next instance, round robin: instances share the load.
     fn new(shared: &Arc<Shared>, info: &Arc<StreamInfo>) -> Self {
         let slot = shared.next.fetch_add(1, Ordering::Relaxed) % shared.slots.len();
-        let state = Some(Box::new(StreamState::new(info.clone())));
-        WasmStream { shared: shared.clone(), slot, context: None, state }
+        WasmStream { shared: shared.clone(), slot, context: None, state: None, info: Some(info.clone()) }
+    }
+
+    /// The state for this callback: the stream's own, or on its first callback a spare one of the
+    /// slot (or a new one). `None` while the request is parked in the instance.
+    fn take_state(&mut self, slot: &mut Slot) -> Option<Box<StreamState>> {
+        if let Some(state) = self.state.take() {
+            return Some(state);
+        }
+        let info = self.info.take()?;
+        Some(match slot.spare.pop() {
+            Some(mut state) => {
+                *state = StreamState::new(info);
+                state
+            }
+            None => Box::new(StreamState::new(info)),
+        })
     }
 }
 
@@ -467,8 +494,11 @@ impl FilterStream for WasmStream {
             return shared.policy_verdict();
         };
         let generation = slot.generation;
-        let Some(vm) = slot.vm.as_mut() else { return shared.policy_verdict() };
-        let Some(mut state) = self.state.take() else { return shared.policy_verdict() };
+        let Some(mut state) = self.take_state(&mut slot) else { return shared.policy_verdict() };
+        let Some(vm) = slot.vm.as_mut() else {
+            self.state = Some(state);
+            return shared.policy_verdict();
+        };
         let size = install(&mut state, &mut message);
         shared.calls.fetch_add(1, Ordering::Relaxed);
         let (mut state, result) = vm.run_phase(phase, context, size, end_of_stream, state);
@@ -493,8 +523,8 @@ impl FilterStream for WasmStream {
         take_back(&mut state, &mut message);
         self.state = Some(state);
         match (outcome.local, outcome.closed, outcome.pause) {
-            (Some(local), _, _) => Verdict::Respond(local_response(local)),
-            (None, true, _) => Verdict::Respond(closed_response()),
+            (Some(local), _, _) => Verdict::Respond(Box::new(local_response(local))),
+            (None, true, _) => Verdict::Respond(Box::new(closed_response())),
             // A body phase that pauses before the end holds its data back.
             (None, false, true) => Verdict::Buffer,
             (None, false, false) => Verdict::Continue,
@@ -505,14 +535,14 @@ impl FilterStream for WasmStream {
         let resumption = resumed.downcast::<Option<Resumption>>().ok().and_then(|boxed| *boxed);
         // The instance always hands a parked request back; without it the request is lost.
         let Some(Resumption { mut state, outcome }) = resumption else {
-            return Verdict::Respond(LocalReply::FilterFailed.into_response());
+            return Verdict::Respond(Box::new(LocalReply::FilterFailed.into_response()));
         };
         take_back(&mut state, &mut message);
         self.state = Some(state);
         match outcome {
             ParkOutcome::Continue => Verdict::Continue,
-            ParkOutcome::Respond(local) => Verdict::Respond(local_response(local)),
-            ParkOutcome::Close => Verdict::Respond(closed_response()),
+            ParkOutcome::Respond(local) => Verdict::Respond(Box::new(local_response(local))),
+            ParkOutcome::Close => Verdict::Respond(Box::new(closed_response())),
             ParkOutcome::Failed => {
                 self.context = None;
                 self.shared.policy_verdict()
@@ -536,8 +566,11 @@ impl WasmStream {
             return shared.policy_data();
         };
         let generation = slot.generation;
-        let Some(vm) = slot.vm.as_mut() else { return shared.policy_data() };
-        let Some(mut state) = self.state.take() else { return shared.policy_data() };
+        let Some(mut state) = self.take_state(&mut slot) else { return shared.policy_data() };
+        let Some(vm) = slot.vm.as_mut() else {
+            self.state = Some(state);
+            return shared.policy_data();
+        };
         fn field(state: &mut StreamState, phase: Phase) -> &mut Option<BytesMut> {
             if phase == Phase::UpstreamData {
                 &mut state.upstream_data

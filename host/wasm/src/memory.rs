@@ -71,6 +71,7 @@ pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_out: u32, size
         write_u32(caller, ptr_out, 0)?;
         return write_u32(caller, size_out, 0);
     }
+    // An `Arc` clone: cloning the `TypedFunc` itself would take the engine's type registry.
     let allocate = caller.data().allocate.clone().ok_or_else(|| Error::msg("the module exports no allocator"))?;
     let address = allocate.call(&mut *caller, bytes.len() as u32)?;
     if address == 0 {
@@ -79,4 +80,32 @@ pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_out: u32, size
     write(caller, address, bytes)?;
     write_u32(caller, ptr_out, address)?;
     write_u32(caller, size_out, bytes.len() as u32)
+}
+
+/// Scratch buffers larger than this are not kept for the next hostcall (a large body read once).
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+/// Hands the guest what `fill` writes, without a host allocation per call: `fill` gets the guest's
+/// memory (to read its arguments in place), the host state, and the instance's scratch buffer,
+/// emptied; it answers whether there is a value. Returns that answer (`false`: nothing was given).
+pub fn give_from(
+    caller: &mut Caller<'_, HostState>,
+    ptr_out: u32,
+    size_out: u32,
+    fill: impl FnOnce(&[u8], &HostState, &mut Vec<u8>) -> Result<bool>,
+) -> Result<bool> {
+    let mut scratch = std::mem::take(&mut caller.data_mut().scratch);
+    scratch.clear();
+    let filled = {
+        let (data, host) = split(caller)?;
+        fill(data, host, &mut scratch)
+    };
+    let given = match filled {
+        Ok(true) => give(caller, &scratch, ptr_out, size_out).map(|()| true),
+        other => other,
+    };
+    if scratch.capacity() <= SCRATCH_KEPT {
+        caller.data_mut().scratch = scratch;
+    }
+    given
 }

@@ -72,48 +72,52 @@ impl StreamState {
         }
     }
 
-    /// One pseudo-header's value, built alone (filters read `:path` and `:method` often).
-    fn pseudo_value(&self, map: MapType, key: &str) -> Option<String> {
+    /// One pseudo-header's value, borrowed from the request or response (filters read `:path`
+    /// and `:method` often).
+    fn pseudo_value(&self, map: MapType, key: &str) -> Option<&str> {
         let request = self.request.as_ref().filter(|_| map == MapType::RequestHeaders);
         let response = self.response.as_ref().filter(|_| map == MapType::ResponseHeaders);
         match key {
-            ":method" => request.map(|r| r.method.as_str().to_owned()),
-            ":path" => request.map(|r| r.uri.path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned())),
+            ":method" => request.map(|r| r.method.as_str()),
+            ":path" => request.map(|r| r.uri.path_and_query().map_or("/", |p| p.as_str())),
             ":authority" => request.map(authority),
-            ":scheme" => request.map(|_| if self.info.tls.is_some() { "https".into() } else { "http".into() }),
-            ":status" => response.map(|r| r.status.as_str().to_owned()),
+            ":scheme" => request.map(|_| if self.info.tls.is_some() { "https" } else { "http" }),
+            ":status" => response.map(|r| r.status.as_str()),
             _ => None,
         }
     }
 
-    fn pseudo(&self, map: MapType) -> Vec<(&'static str, String)> {
+    fn pseudo(&self, map: MapType) -> impl Iterator<Item = (&'static str, &str)> + Clone {
         let keys: &[&'static str] = match map {
             MapType::RequestHeaders => &[":method", ":path", ":authority", ":scheme"],
             MapType::ResponseHeaders => &[":status"],
             _ => &[],
         };
-        keys.iter().filter_map(|key| self.pseudo_value(map, key).map(|value| (*key, value))).collect()
+        keys.iter().filter_map(move |key| self.pseudo_value(map, key).map(|value| (*key, value)))
     }
 
-    /// The whole map in the ABI's pairs encoding, pseudo-headers first, written straight from the
-    /// headers; empty bytes when the map is empty or not available now.
-    pub fn encoded_pairs(&self, map: MapType) -> Vec<u8> {
-        let pseudo = self.pseudo(map);
+    /// Appends the whole map in the ABI's pairs encoding to `out`, pseudo-headers first, written
+    /// straight from the request (nothing copied first); nothing when the map is empty or not
+    /// available now.
+    pub fn encode_pairs_into(&self, map: MapType, out: &mut Vec<u8>) {
         let headers = self.headers(map);
-        if pseudo.is_empty() && headers.is_none_or(HeaderMap::is_empty) {
-            return Vec::new();
+        let pseudo = self.pseudo(map);
+        if pseudo.clone().next().is_none() && headers.is_none_or(HeaderMap::is_empty) {
+            return;
         }
-        // References only: the encoding walks the pairs twice, and a header map's iterator cannot.
-        let mut pairs: Vec<(&[u8], &[u8])> = pseudo.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
-        pairs.extend(headers.into_iter().flat_map(|h| h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))));
-        crate::abi::encode_pairs(pairs.into_iter())
+        let pairs = || {
+            let headers =
+                headers.into_iter().flat_map(|h| h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())));
+            pseudo.clone().map(|(k, v)| (k.as_bytes(), v.as_bytes())).chain(headers)
+        };
+        crate::abi::encode_pairs_with(out, pairs);
     }
 
     /// The whole map, pseudo-headers first; empty when the map is not available now.
     #[cfg(test)]
     pub fn pairs(&self, map: MapType) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
-            self.pseudo(map).into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
+            self.pseudo(map).map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
         if let Some(headers) = self.headers(map) {
             pairs.extend(headers.iter().map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())));
         }
@@ -130,13 +134,13 @@ impl StreamState {
         pseudo + self.headers(map).map_or(0, HeaderMap::len)
     }
 
-    /// One value (the first, if the header repeats).
-    pub fn value(&self, map: MapType, key: &str) -> Option<Vec<u8>> {
+    /// One value (the first, if the header repeats), borrowed.
+    pub fn value(&self, map: MapType, key: &str) -> Option<&[u8]> {
         let key = lowercase(key);
         if key.starts_with(':') {
-            return self.pseudo_value(map, &key).map(String::into_bytes);
+            return self.pseudo_value(map, &key).map(str::as_bytes);
         }
-        self.headers(map)?.get(&*key).map(|v| v.as_bytes().to_vec())
+        self.headers(map)?.get(&*key).map(HeaderValue::as_bytes)
     }
 
     /// Adds (`append`) or replaces a header; pseudo-headers rewrite the request line or status.
@@ -247,48 +251,76 @@ impl StreamState {
 
     /// A property's value in the ABI's encoding: strings raw, integers 8 bytes little-endian,
     /// booleans one byte, maps as pairs.
+    #[cfg(test)]
     pub fn property(&self, path: &[&str], plugin: &crate::PluginInfo) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.property_into(path, plugin, &mut out).then_some(out)
+    }
+
+    /// Appends a property's value (in the encoding of [`StreamState::property`]) to `out`; false
+    /// when there is no such property now. Values are written from where they live, unless they
+    /// must be formatted.
+    pub fn property_into(&self, path: &[&str], plugin: &crate::PluginInfo, out: &mut Vec<u8>) -> bool {
         let info = &self.info;
-        let text = |s: &str| Some(s.as_bytes().to_vec());
-        let int = |n: u64| Some(n.to_le_bytes().to_vec());
         let request = self.request.as_ref();
-        match path {
-            ["request", "path"] => {
-                request.map(|r| r.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes().to_vec())
+        let borrowed: Option<&[u8]> = match path {
+            ["request", "path"] => request.map(|r| r.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes()),
+            ["request", "url_path"] => request.map(|r| r.uri.path().as_bytes()),
+            ["request", "host"] => request.map(|r| authority(r).as_bytes()),
+            ["request", "scheme"] => Some(if info.tls.is_some() { b"https" } else { b"http" }),
+            ["request", "method"] => request.map(|r| r.method.as_str().as_bytes()),
+            ["request", "id"] => request.and_then(|r| r.headers.get("x-request-id")).map(HeaderValue::as_bytes),
+            ["request", "protocol"] => request.map(|r| protocol(r.version).as_bytes()),
+            ["request", "headers", name] => self.value(MapType::RequestHeaders, name),
+            ["response", "headers", name] => self.value(MapType::ResponseHeaders, name),
+            ["connection", "tls_version"] => info.tls.as_ref().map(|t| t.version.as_bytes()),
+            ["connection", "uri_san_peer_certificate"] | ["source", "principal"] => {
+                info.tls.as_ref().and_then(|t| t.peer_uri_san.as_ref()).map(|s| s.as_bytes())
             }
-            ["request", "url_path"] => request.map(|r| r.uri.path().as_bytes().to_vec()),
-            ["request", "host"] => request.map(|r| authority(r).into_bytes()),
-            ["request", "scheme"] => text(if info.tls.is_some() { "https" } else { "http" }),
-            ["request", "method"] => request.map(|r| r.method.as_str().as_bytes().to_vec()),
-            ["request", "id"] => request.and_then(|r| r.headers.get("x-request-id")).map(|v| v.as_bytes().to_vec()),
-            ["request", "protocol"] => request.map(|r| format!("{:?}", r.version).into_bytes()),
+            ["connection", "subject_peer_certificate"] => {
+                info.tls.as_ref().and_then(|t| t.peer_subject.as_ref()).map(|s| s.as_bytes())
+            }
+            ["listener_name"] => Some(info.listener.as_str().as_bytes()),
+            ["weft", "upstream_cluster"] | ["cluster_name"] => self.upstream_cluster.as_deref().map(str::as_bytes),
+            _ => return self.formatted_property(path, plugin, out),
+        };
+        match borrowed {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The properties [`StreamState::property_into`] does not borrow: numbers, formatted text,
+    /// maps, and what filters set.
+    fn formatted_property(&self, path: &[&str], plugin: &crate::PluginInfo, out: &mut Vec<u8>) -> bool {
+        let info = &self.info;
+        let int = |n: u64| Some(n.to_le_bytes().to_vec());
+        let value = match path {
             ["request", "time"] => {
                 let nanos = info.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
                 int(nanos)
             }
-            ["request", "headers"] => request.map(|_| self.encoded_pairs(MapType::RequestHeaders)),
-            ["request", "headers", name] => self.value(MapType::RequestHeaders, name),
-            ["response", "code"] => self.response.as_ref().map(|r| (r.status.as_u16() as u64).to_le_bytes().to_vec()),
-            ["response", "headers", name] => self.value(MapType::ResponseHeaders, name),
-            ["source", "address"] => text(&info.source.to_string()),
+            ["request", "headers"] => {
+                if self.request.is_none() {
+                    return false;
+                }
+                self.encode_pairs_into(MapType::RequestHeaders, out);
+                return true;
+            }
+            ["response", "code"] => self.response.as_ref().and_then(|r| int(r.status.as_u16().into())),
+            ["source", "address"] => Some(info.source.to_string().into_bytes()),
             ["source", "port"] => int(info.source.port().into()),
-            ["destination", "address"] => text(&info.destination.to_string()),
+            ["destination", "address"] => Some(info.destination.to_string().into_bytes()),
             ["destination", "port"] => int(info.destination.port().into()),
             ["connection", "id"] => int(info.connection_id),
             ["connection", "mtls"] => Some(vec![u8::from(
                 info.tls.as_ref().is_some_and(|t| t.peer_uri_san.is_some() || t.peer_subject.is_some()),
             )]),
-            ["connection", "tls_version"] => info.tls.as_ref().map(|t| t.version.as_bytes().to_vec()),
-            ["connection", "uri_san_peer_certificate"] | ["source", "principal"] => {
-                info.tls.as_ref().and_then(|t| t.peer_uri_san.as_ref()).map(|s| s.as_bytes().to_vec())
-            }
-            ["connection", "subject_peer_certificate"] => {
-                info.tls.as_ref().and_then(|t| t.peer_subject.as_ref()).map(|s| s.as_bytes().to_vec())
-            }
-            ["listener_name"] => text(info.listener.as_str()),
-            ["weft", "upstream_cluster"] | ["cluster_name"] => self.upstream_cluster.as_deref().and_then(text),
             ["weft", "request_timeout"] => {
-                self.request_timeout.and_then(|limit| text(&weft_config::Duration(limit).to_string()))
+                self.request_timeout.map(|limit| weft_config::Duration(limit).to_string().into_bytes())
             }
             _ => {
                 let joined = path.join("\0");
@@ -296,6 +328,13 @@ impl StreamState {
                 // What is not about the request is about the plugin.
                 custom.or_else(|| plugin.property(path))
             }
+        };
+        match value {
+            Some(value) => {
+                out.extend_from_slice(&value);
+                true
+            }
+            None => false,
         }
     }
 
@@ -329,13 +368,26 @@ fn lowercase(key: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn authority(request: &http::request::Parts) -> String {
+/// The request's authority: the URI's (HTTP/2, absolute-form), else the `Host` header.
+fn authority(request: &http::request::Parts) -> &str {
     request
         .uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .map(|a| a.as_str())
+        .or_else(|| request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default()
+}
+
+/// `request.protocol` as Envoy spells it (the `Debug` form of `http::Version`).
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 #[cfg(test)]
@@ -365,7 +417,8 @@ mod tests {
         let keys: Vec<_> = pairs.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
         assert_eq!(keys, [":method", ":path", ":authority", ":scheme", "host", "x-one"]);
         assert_eq!(state.count(MapType::RequestHeaders), keys.len());
-        let encoded = state.encoded_pairs(MapType::RequestHeaders);
+        let mut encoded = Vec::new();
+        state.encode_pairs_into(MapType::RequestHeaders, &mut encoded);
         let decoded = crate::abi::decode_pairs(&encoded).unwrap();
         let expected: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         assert_eq!(decoded, expected, "encoded straight, the same pairs");

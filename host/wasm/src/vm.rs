@@ -20,7 +20,10 @@ use wasmtime::{Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 pub struct HostState {
     pub limits: StoreLimits,
     pub memory: Option<Memory>,
-    pub allocate: Option<TypedFunc<u32, u32>>,
+    /// The guest's allocator (in an `Arc`: hostcalls clone it to call it with the store).
+    pub allocate: Option<Arc<TypedFunc<u32, u32>>>,
+    /// Reused by hostcalls that hand the guest a value, so they allocate nothing per call.
+    pub scratch: Vec<u8>,
     pub plugin: Arc<PluginInfo>,
     /// The request of the context whose callback runs (`current`).
     /// Boxed: it travels in and out of every callback, and a pointer moves cheaply.
@@ -242,6 +245,7 @@ impl Vm {
             limits,
             memory: None,
             allocate: None,
+            scratch: Vec::new(),
             plugin: plugin.clone(),
             stream: None,
             current: 0,
@@ -268,7 +272,7 @@ impl Vm {
         let allocate = typed::<u32, u32>(&instance, &mut store, "proxy_on_memory_allocate")
             .or_else(|| typed::<u32, u32>(&instance, &mut store, "malloc"));
         store.data_mut().memory = memory;
-        store.data_mut().allocate = allocate;
+        store.data_mut().allocate = allocate.map(Arc::new);
         let on_context_create = typed(&instance, &mut store, "proxy_on_context_create")
             .ok_or_else(|| VmError::Instantiate("it exports no proxy_on_context_create".into()))?;
         let exports = Exports {
@@ -338,6 +342,7 @@ impl Vm {
     }
 
     /// Hands each parked request its filter resumed back to its waiting request path.
+    #[inline]
     fn wake_resumed(&mut self) {
         let parked = &mut self.store.data_mut().parked;
         if parked.is_empty() {
@@ -503,11 +508,19 @@ impl Vm {
     }
 
     /// Ends a stream context: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete` (Envoy's order).
-    /// A request still parked here is taken back for it; its callouts are forgotten.
-    pub fn finish_context(&mut self, context: u32, state: Option<Box<StreamState>>) -> Result<(), VmError> {
+    /// A request still parked here is taken back for it; its callouts are forgotten. Returns the
+    /// request's state, for reuse.
+    pub fn finish_context(
+        &mut self,
+        context: u32,
+        state: Option<Box<StreamState>>,
+    ) -> Result<Option<Box<StreamState>>, VmError> {
         let data = self.store.data_mut();
-        let parked = data.parked.remove(&context).map(|p| p.state);
-        data.callouts.retain(|_, owner| *owner != context);
+        // Most requests never paused nor called out: skip hashing into empty maps.
+        let parked = if data.parked.is_empty() { None } else { data.parked.remove(&context).map(|p| p.state) };
+        if !data.callouts.is_empty() {
+            data.callouts.retain(|_, owner| *owner != context);
+        }
         data.stream = state.or(parked);
         let shared_exports = self.exports.clone();
         let exports = (&shared_exports.on_log, &shared_exports.on_done, &shared_exports.on_delete);
@@ -525,10 +538,10 @@ impl Vm {
             Ok(())
         })();
         let data = self.store.data_mut();
-        data.stream = None;
+        let state = data.stream.take();
         data.current = 0;
         data.local_response = None;
-        result
+        result.map(|()| state)
     }
 }
 

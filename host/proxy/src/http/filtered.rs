@@ -4,7 +4,7 @@
 
 use super::body::BoxError;
 use super::{LocalReply, ProxyBody};
-use crate::chain::{BodyStop, ChainStreams, Direction};
+use crate::chain::{BodyStep, BodyStop, ChainStreams, Direction};
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame};
@@ -77,10 +77,28 @@ impl FilteredBody {
         }
     }
 
-    /// Starts the filters' work on a piece of data, then (if given) on trailers.
-    fn start_step(&mut self, data: Bytes, end_of_stream: bool, trailers: Option<http::HeaderMap>) {
+    /// Starts the filters' work on a piece of data, then (if given) on trailers. Data alone that
+    /// no filter pauses on is done at once, with no future: what passed comes back to hand on.
+    fn start_step(
+        &mut self,
+        data: Bytes,
+        end_of_stream: bool,
+        trailers: Option<http::HeaderMap>,
+    ) -> Result<Option<Frame<Bytes>>, BodyStop> {
         let (chain, direction, limit) = (self.chain.clone(), self.direction, self.limit);
         self.owes_end = !end_of_stream;
+        if trailers.is_none() {
+            match chain.body_now(direction, data, end_of_stream, limit) {
+                BodyStep::Done(passed) => return passed.map(|data| (!data.is_empty()).then(|| Frame::data(data))),
+                BodyStep::Waiting(waiting) => {
+                    self.step = Some(Box::pin(async move {
+                        let data = waiting.await?;
+                        Ok(if data.is_empty() { Vec::new() } else { vec![Frame::data(data)] })
+                    }));
+                    return Ok(None);
+                }
+            }
+        }
         self.step = Some(Box::pin(async move {
             let mut frames = Vec::with_capacity(2);
             let data = chain.body(direction, data, end_of_stream, limit).await?;
@@ -89,12 +107,21 @@ impl FilteredBody {
             }
             if let Some(mut trailers) = trailers {
                 if let Some(reply) = chain.trailers(direction, &mut trailers).await {
-                    return Err(BodyStop::Respond(reply));
+                    return Err(BodyStop::Respond(Box::new(reply)));
                 }
                 frames.push(Frame::trailers(trailers));
             }
             Ok(frames)
         }));
+        Ok(None)
+    }
+
+    /// What a started step gives to hand on now: a frame that passed, or the error of a stop.
+    fn passed(&mut self, started: Result<Option<Frame<Bytes>>, BodyStop>) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match started {
+            Ok(frame) => frame.map(Ok),
+            Err(stop) => Some(Err(self.stopped(stop))),
+        }
     }
 
     /// A filter stopped the body: the client gets its answer (requests) and the peer an error.
@@ -102,7 +129,7 @@ impl FilteredBody {
         self.inner = None;
         self.owes_end = false;
         let (reply, why) = match stop {
-            BodyStop::Respond(reply) => (BodyAnswer::Filter(reply), "a filter answered the request during its body"),
+            BodyStop::Respond(reply) => (BodyAnswer::Filter(*reply), "a filter answered the request during its body"),
             BodyStop::TooLarge => {
                 (BodyAnswer::Local(LocalReply::BodyTooLarge), "a filter held back more than max_buffered_body")
             }
@@ -138,19 +165,25 @@ impl Body for FilteredBody {
             }
             let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
             match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let end = inner.is_end_stream();
-                        this.start_step(data, end, None);
-                    }
-                    Err(frame) => {
-                        // Trailers end the body: the body phase gets its end first.
-                        if let Ok(trailers) = frame.into_trailers() {
-                            this.inner = None;
-                            this.start_step(Bytes::new(), true, Some(trailers));
+                Some(Ok(frame)) => {
+                    let started = match frame.into_data() {
+                        Ok(data) => {
+                            let end = inner.is_end_stream();
+                            this.start_step(data, end, None)
                         }
+                        // Trailers end the body: the body phase gets its end first.
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(trailers) => {
+                                this.inner = None;
+                                this.start_step(Bytes::new(), true, Some(trailers))
+                            }
+                            Err(_) => Ok(None),
+                        },
+                    };
+                    if let Some(passed) = this.passed(started) {
+                        return Poll::Ready(Some(passed));
                     }
-                },
+                }
                 Some(Err(error)) => {
                     this.inner = None;
                     return Poll::Ready(Some(Err(error.into())));
@@ -158,7 +191,10 @@ impl Body for FilteredBody {
                 None => {
                     this.inner = None;
                     if this.owes_end {
-                        this.start_step(Bytes::new(), true, None);
+                        let started = this.start_step(Bytes::new(), true, None);
+                        if let Some(passed) = this.passed(started) {
+                            return Poll::Ready(Some(passed));
+                        }
                     }
                 }
             }

@@ -53,15 +53,19 @@ fn define_logging_and_time(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
-/// Hands `value` to the guest (status OK), or answers NOT_FOUND, which the SDK reads as `None`.
-fn give_or_not_found(caller: &mut Ctx, value: Option<Vec<u8>>, ptr_out: u32, size_out: u32) -> Result<u32> {
-    match value {
-        Some(value) => {
-            memory::give(caller, &value, ptr_out, size_out)?;
-            Ok(status::OK)
+/// Runs `f` on a property path's segments (the path is NUL-separated), without allocating for the
+/// paths properties have (a few segments).
+fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
+    let mut fixed = [""; 8];
+    let mut count = 0;
+    for segment in path.split('\0') {
+        if count == fixed.len() {
+            return f(&path.split('\0').collect::<Vec<_>>());
         }
-        None => Ok(status::NOT_FOUND),
+        fixed[count] = segment;
+        count += 1;
     }
+    f(&fixed[..count])
 }
 
 fn map_type(value: u32) -> Result<MapType> {
@@ -94,12 +98,18 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_header_map_pairs",
         |mut caller: Ctx, map: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
             let map = map_type(map)?;
-            let bytes = match callout_map(caller.data(), map) {
-                Some([]) => Vec::new(),
-                Some(pairs) => abi::encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))),
-                None => caller.data().stream().map(|s| s.encoded_pairs(map)).unwrap_or_default(),
-            };
-            memory::give(&mut caller, &bytes, ptr_out, size_out)?;
+            memory::give_from(&mut caller, ptr_out, size_out, |_, host, out| {
+                match callout_map(host, map) {
+                    Some([]) => {}
+                    Some(pairs) => abi::encode_pairs_into(out, pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))),
+                    None => {
+                        if let Some(stream) = host.stream() {
+                            stream.encode_pairs_into(map, out);
+                        }
+                    }
+                }
+                Ok(true)
+            })?;
             Ok(status::OK)
         },
     )?;
@@ -121,17 +131,17 @@ fn define_header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_header_map_value",
         |mut caller: Ctx, map: u32, key: u32, key_len: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
             let map = map_type(map)?;
-            let value = {
-                let (data, host) = memory::split(&mut caller)?;
+            let found = memory::give_from(&mut caller, ptr_out, size_out, |data, host, out| {
                 let key = memory::text(memory::slice(data, key, key_len)?);
-                match callout_map(host, map) {
+                let value = match callout_map(host, map) {
                     Some(pairs) => {
-                        pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| v.clone())
+                        pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| v.as_slice())
                     }
                     None => host.stream().and_then(|s| s.value(map, &key)),
-                }
-            };
-            give_or_not_found(&mut caller, value, ptr_out, size_out)
+                };
+                Ok(value.map(|value| out.extend_from_slice(value)).is_some())
+            })?;
+            Ok(if found { status::OK } else { status::NOT_FOUND })
         },
     )?;
     linker.func_wrap(
@@ -200,11 +210,11 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut caller: Ctx, buffer: u32, start: u32, max: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
-            let Some(bytes) = readable_buffer(caller.data(), buffer).map(|b| window(b, start, max).to_vec()) else {
-                return Ok(status::NOT_FOUND);
-            };
-            memory::give(&mut caller, &bytes, ptr_out, size_out)?;
-            Ok(status::OK)
+            let found = memory::give_from(&mut caller, ptr_out, size_out, |_, host, out| {
+                let bytes = readable_buffer(host, buffer).map(|b| window(b, start, max));
+                Ok(bytes.map(|bytes| out.extend_from_slice(bytes)).is_some())
+            })?;
+            Ok(if found { status::OK } else { status::NOT_FOUND })
         },
     )?;
     linker.func_wrap(
@@ -234,31 +244,31 @@ fn define_buffers_and_properties(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_property",
         |mut caller: Ctx, path: u32, path_len: u32, ptr_out: u32, size_out: u32| -> Result<u32> {
-            let path = memory::read_string(&caller, path, path_len)?;
-            let segments: Vec<&str> = path.split('\0').collect();
-            let data = caller.data();
-            let value = match data.stream() {
-                Some(stream) => stream.property(&segments, &data.plugin),
-                None => data.plugin.property(&segments),
-            };
-            give_or_not_found(&mut caller, value, ptr_out, size_out)
+            let found = memory::give_from(&mut caller, ptr_out, size_out, |data, host, out| {
+                let path = memory::text(memory::slice(data, path, path_len)?);
+                Ok(with_segments(&path, |segments| match host.stream() {
+                    Some(stream) => stream.property_into(segments, &host.plugin, out),
+                    None => host.plugin.property(segments).map(|value| out.extend_from_slice(&value)).is_some(),
+                }))
+            })?;
+            Ok(if found { status::OK } else { status::NOT_FOUND })
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_set_property",
         |mut caller: Ctx, path: u32, path_len: u32, value: u32, value_len: u32| -> Result<u32> {
-            let path = memory::read_string(&caller, path, path_len)?;
-            let value = memory::read(&caller, value, value_len)?;
-            let segments: Vec<&str> = path.split('\0').collect();
-            let Some(stream) = caller.data_mut().stream_mut() else { return Ok(status::OK) };
-            match stream.set_property(&segments, &value) {
+            let (data, host) = memory::split(&mut caller)?;
+            let path = memory::text(memory::slice(data, path, path_len)?);
+            let value = memory::slice(data, value, value_len)?;
+            let Some(stream) = host.stream_mut() else { return Ok(status::OK) };
+            with_segments(&path, |segments| match stream.set_property(segments, value) {
                 Ok(()) => Ok(status::OK),
                 Err(reason) => {
                     tracing::warn!(property = %segments.join("."), %reason, "filter set a property to a value weft cannot use");
                     Ok(status::BAD_ARGUMENT)
                 }
-            }
+            })
         },
     )?;
     Ok(())
