@@ -4,7 +4,7 @@
 //! replaced with backoff; the request in flight gets the filter's failure policy, and no other
 //! request or filter notices.
 
-use crate::callout::{self, CalloutReply};
+use crate::callout::{self, Callout, CalloutReply};
 use crate::module::FilterModule;
 use crate::queues::{FilterEvent, InstanceEvents};
 use crate::stream::StreamState;
@@ -135,6 +135,7 @@ impl HttpFilter for WasmFilter {
 }
 
 impl Shared {
+    #[inline]
     fn lock(&self, slot: usize) -> MutexGuard<'_, Slot> {
         // A panic while holding the lock leaves a slot whose instance may be mid-call: replace it.
         self.slots[slot].lock().unwrap_or_else(|poisoned| {
@@ -146,8 +147,18 @@ impl Shared {
     }
 
     /// The slot's instance, making a new one if the last failed and its backoff has passed.
+    #[inline]
     fn ready<'a>(&self, slot: &'a mut Slot) -> Option<&'a mut Vm> {
-        if slot.vm.is_none() && slot.retry_at.is_none_or(|at| Instant::now() >= at) {
+        if slot.vm.is_none() {
+            self.replace(slot);
+        }
+        slot.vm.as_mut()
+    }
+
+    /// Makes the slot's instance again (it has none), unless its backoff is still running.
+    #[cold]
+    fn replace(&self, slot: &mut Slot) {
+        if slot.retry_at.is_none_or(|at| Instant::now() >= at) {
             let owner =
                 InstanceEvents { events: Some(self.events.clone()), slot: slot.index, generation: slot.generation };
             match Vm::start(&self.module, self.plugin.clone(), owner) {
@@ -164,7 +175,6 @@ impl Shared {
                 }
             }
         }
-        slot.vm.as_mut()
     }
 
     fn count_failure(&self, reason: &'static str) {
@@ -325,11 +335,16 @@ impl Shared {
 
 /// Sends the callouts an instance's last calls asked for. Each answer is delivered to the
 /// instance that asked, unless it was replaced meanwhile (its requests got their failure policy).
+/// Most calls ask for none: the check is inline, the sending out of line.
+#[inline]
 fn dispatch(shared: &Arc<Shared>, index: usize, generation: u64, vm: &mut Vm) {
-    let outbox = vm.take_outbox();
-    if outbox.is_empty() {
-        return;
+    if vm.has_outbox() {
+        send_callouts(shared, index, generation, vm.take_outbox());
     }
+}
+
+#[inline(never)]
+fn send_callouts(shared: &Arc<Shared>, index: usize, generation: u64, outbox: Vec<Callout>) {
     let (Some(runtime), Some(callouts)) = (shared.runtime.as_ref(), shared.plugin.callouts.as_ref()) else {
         tracing::error!(filter = %shared.plugin.name, "callouts cannot be sent outside the proxy's runtime");
         return;
@@ -387,13 +402,18 @@ impl WasmStream {
         WasmStream { shared: shared.clone(), slot, context: None, state: None, info: Some(info.clone()) }
     }
 
-    /// The state for this callback: the stream's own, or on its first callback a spare one of the
-    /// slot (or a new one). `None` while the request is parked in the instance.
-    fn take_state(&mut self, slot: &mut Slot) -> Option<Box<StreamState>> {
-        if let Some(state) = self.state.take() {
+    /// The state for this callback: the stream's own (`state`), or on its first callback a spare
+    /// one of the slot (or a new one) made from `info`. `None` while the request is parked in the
+    /// instance. (Not a method: the caller holds the slot locked through `self.shared`.)
+    fn take_state(
+        state: &mut Option<Box<StreamState>>,
+        info: &mut Option<Arc<StreamInfo>>,
+        slot: &mut Slot,
+    ) -> Option<Box<StreamState>> {
+        if let Some(state) = state.take() {
             return Some(state);
         }
-        let info = self.info.take()?;
+        let info = info.take()?;
         Some(match slot.spare.pop() {
             Some(mut state) => {
                 *state = StreamState::new(info);
@@ -489,12 +509,15 @@ fn take_back(state: &mut StreamState, message: &mut Message<'_>) {
 impl FilterStream for WasmStream {
     fn on(&mut self, mut message: Message<'_>, end_of_stream: bool) -> Verdict {
         let phase = phase_of(&message);
-        let shared = self.shared.clone();
+        // Borrowed, not cloned: the fields used below are disjoint from it.
+        let shared = &self.shared;
         let Some((mut slot, context)) = shared.enter(self.slot, &mut self.context) else {
             return shared.policy_verdict();
         };
         let generation = slot.generation;
-        let Some(mut state) = self.take_state(&mut slot) else { return shared.policy_verdict() };
+        let Some(mut state) = WasmStream::take_state(&mut self.state, &mut self.info, &mut slot) else {
+            return shared.policy_verdict();
+        };
         let Some(vm) = slot.vm.as_mut() else {
             self.state = Some(state);
             return shared.policy_verdict();
@@ -512,7 +535,7 @@ impl FilterStream for WasmStream {
                 return shared.policy_verdict();
             }
         };
-        dispatch(&shared, self.slot, generation, vm);
+        dispatch(shared, self.slot, generation, vm);
         let holds_body_back = phase.is_body() && !end_of_stream;
         if outcome.pause && outcome.local.is_none() && !outcome.closed && !holds_body_back {
             // Wait for the filter to resume the request; it stays in the instance meanwhile.
@@ -561,12 +584,15 @@ impl WasmStream {
     /// Runs a connection callback, with `data` (the client's or the upstream's) readable and
     /// editable by the filter.
     fn run_connection(&mut self, phase: Phase, mut data: Option<&mut BytesMut>, end_of_stream: bool) -> DataVerdict {
-        let shared = self.shared.clone();
+        // Borrowed, not cloned: the fields used below are disjoint from it.
+        let shared = &self.shared;
         let Some((mut slot, context)) = shared.enter(self.slot, &mut self.context) else {
             return shared.policy_data();
         };
         let generation = slot.generation;
-        let Some(mut state) = self.take_state(&mut slot) else { return shared.policy_data() };
+        let Some(mut state) = WasmStream::take_state(&mut self.state, &mut self.info, &mut slot) else {
+            return shared.policy_data();
+        };
         let Some(vm) = slot.vm.as_mut() else {
             self.state = Some(state);
             return shared.policy_data();
@@ -595,7 +621,7 @@ impl WasmStream {
                 shared.policy_data()
             }
             Ok(outcome) => {
-                dispatch(&shared, self.slot, generation, vm);
+                dispatch(shared, self.slot, generation, vm);
                 match (outcome.closed, outcome.pause) {
                     (true, _) => DataVerdict::Close,
                     (false, true) => DataVerdict::Buffer,

@@ -213,13 +213,57 @@ struct Exports {
 
 pub struct Vm {
     store: Store<HostState>,
-    /// Shared so a call can hold its export while it borrows the store (a clone of the Arc is
-    /// one increment; a clone of a `TypedFunc` takes the engine's type registry).
-    exports: Arc<Exports>,
+    /// Borrowed by a call next to the store it runs on (a clone of a `TypedFunc` would take the
+    /// engine's type registry).
+    exports: Exports,
     root_context: u32,
     next_context: u32,
+    limits: CallLimits,
+}
+
+/// A top-level call's time limit: in epoch ticks for the store, in milliseconds for the error.
+#[derive(Clone, Copy)]
+struct CallLimits {
     deadline_ticks: u64,
     time_limit_ms: u64,
+}
+
+/// Runs one top-level call into the guest under the per-call deadline, then wakes the paused
+/// requests the call resumed. A free function, so that a call can borrow an export of the
+/// [`Vm`] while the store it runs on is borrowed mutably.
+fn call<R>(
+    store: &mut Store<HostState>,
+    limits: CallLimits,
+    f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, VmError> {
+    store.set_epoch_deadline(limits.deadline_ticks);
+    let result = f(store).map_err(|error| match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => VmError::Deadline(limits.time_limit_ms),
+        _ => VmError::Trap(format!("{error:#}")),
+    })?;
+    // Most calls resume nobody: the check stays here, the work out of line.
+    if !store.data().parked.is_empty() {
+        wake_resumed(store.data_mut());
+    }
+    Ok(result)
+}
+
+/// Points hostcalls at `effective`, in the callback of `current` (0: no request's callback runs).
+fn set_current(host: &mut HostState, current: u32, effective: u32) {
+    host.current = current;
+    host.effective = effective;
+}
+
+/// Hands each parked request its filter resumed back to its waiting request path.
+#[cold]
+fn wake_resumed(host: &mut HostState) {
+    let parked = &mut host.parked;
+    let resumed: Vec<u32> = parked.iter().filter(|(_, p)| p.outcome.is_some()).map(|(id, _)| *id).collect();
+    for context in resumed {
+        if let Some(Parked { state, outcome: Some(outcome), wake }) = parked.remove(&context) {
+            let _ = wake.send(Resumption { state, outcome });
+        }
+    }
 }
 
 fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
@@ -297,15 +341,8 @@ impl Vm {
             on_grpc_receive: typed(&instance, &mut store, "proxy_on_grpc_receive"),
             on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close"),
         };
-        let time_limit_ms = plugin.time_limit.as_millis() as u64;
-        let mut vm = Vm {
-            store,
-            exports: Arc::new(exports),
-            root_context: 1,
-            next_context: 2,
-            deadline_ticks: ticks,
-            time_limit_ms,
-        };
+        let limits = CallLimits { deadline_ticks: ticks, time_limit_ms: plugin.time_limit.as_millis() as u64 };
+        let mut vm = Vm { store, exports, root_context: 1, next_context: 2, limits };
 
         let initialize = typed::<(), ()>(&instance, &mut vm.store, "_initialize")
             .or_else(|| typed(&instance, &mut vm.store, "_start"));
@@ -313,8 +350,7 @@ impl Vm {
             vm.call(|store| initialize.call(store, ()))?;
         }
         let root = vm.root_context;
-        let exports = vm.exports.clone();
-        vm.call(|store| exports.on_context_create.call(store, (root, 0)))?;
+        call(&mut vm.store, vm.limits, |store| vm.exports.on_context_create.call(store, (root, 0)))?;
         if let Some(start) = typed::<(u32, u32), u32>(&instance, &mut vm.store, "proxy_on_vm_start") {
             if vm.call(|store| start.call(store, (root, 0)))? == 0 {
                 return Err(VmError::StartRefused);
@@ -329,38 +365,9 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Runs one top-level call into the guest under the per-call deadline, then wakes the
-    /// paused requests the call resumed.
+    /// [`call`] on this instance's store.
     fn call<R>(&mut self, f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R, VmError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = f(&mut self.store).map_err(|error| match error.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => VmError::Deadline(self.time_limit_ms),
-            _ => VmError::Trap(format!("{error:#}")),
-        })?;
-        self.wake_resumed();
-        Ok(result)
-    }
-
-    /// Hands each parked request its filter resumed back to its waiting request path.
-    #[inline]
-    fn wake_resumed(&mut self) {
-        let parked = &mut self.store.data_mut().parked;
-        if parked.is_empty() {
-            return;
-        }
-        let resumed: Vec<u32> = parked.iter().filter(|(_, p)| p.outcome.is_some()).map(|(id, _)| *id).collect();
-        for context in resumed {
-            if let Some(Parked { state, outcome: Some(outcome), wake }) = parked.remove(&context) {
-                let _ = wake.send(Resumption { state, outcome });
-            }
-        }
-    }
-
-    /// Points hostcalls at `context` (0: no request's callback is running).
-    fn enter(&mut self, current: u32, effective: u32) {
-        let data = self.store.data_mut();
-        data.current = current;
-        data.effective = effective;
+        call(&mut self.store, self.limits, f)
     }
 
     /// The tick period the filter asked for, if any.
@@ -370,18 +377,18 @@ impl Vm {
 
     /// Calls `proxy_on_tick` on the root context.
     pub fn tick(&mut self) -> Result<(), VmError> {
-        let (exports, root) = (self.exports.clone(), self.root_context);
-        let Some(tick) = exports.on_tick.as_ref() else { return Ok(()) };
-        self.enter(0, root);
-        self.call(|store| tick.call(store, root))
+        let root = self.root_context;
+        let Some(tick) = self.exports.on_tick.as_ref() else { return Ok(()) };
+        set_current(self.store.data_mut(), 0, root);
+        call(&mut self.store, self.limits, |store| tick.call(store, root))
     }
 
     /// Calls `proxy_on_queue_ready` on the root context.
     pub fn queue_ready(&mut self, queue: u32) -> Result<(), VmError> {
-        let (exports, root) = (self.exports.clone(), self.root_context);
-        let Some(ready) = exports.on_queue_ready.as_ref() else { return Ok(()) };
-        self.enter(0, root);
-        self.call(|store| ready.call(store, (root, queue)))
+        let root = self.root_context;
+        let Some(ready) = self.exports.on_queue_ready.as_ref() else { return Ok(()) };
+        set_current(self.store.data_mut(), 0, root);
+        call(&mut self.store, self.limits, |store| ready.call(store, (root, queue)))
     }
 
     /// Requests waiting in this instance for their filter to resume them, and callouts in flight.
@@ -399,10 +406,10 @@ impl Vm {
     pub fn create_context(&mut self) -> Result<u32, VmError> {
         let id = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(2);
-        let (exports, root) = (self.exports.clone(), self.root_context);
-        let create = &exports.on_context_create;
-        self.enter(0, root);
-        self.call(|store| create.call(store, (id, root)))?;
+        let root = self.root_context;
+        let create = &self.exports.on_context_create;
+        set_current(self.store.data_mut(), 0, root);
+        call(&mut self.store, self.limits, |store| create.call(store, (id, root)))?;
         Ok(id)
     }
 
@@ -418,7 +425,7 @@ impl Vm {
     ) -> (Box<StreamState>, Result<PhaseOutcome, VmError>) {
         /// A peer type for the close callbacks: the remote side closed.
         const REMOTE: u32 = 2;
-        let e = self.exports.clone();
+        let e = &self.exports;
         let entry = match phase {
             Phase::RequestHeaders => e.on_request_headers.as_ref().map(Entry::Sized),
             Phase::RequestBody => e.on_request_body.as_ref().map(Entry::Sized),
@@ -432,17 +439,18 @@ impl Vm {
             Phase::DownstreamClose => e.on_downstream_close.as_ref().map(Entry::Notice),
             Phase::UpstreamClose => e.on_upstream_close.as_ref().map(Entry::Notice),
         };
-        self.enter(context, context);
         let data = self.store.data_mut();
+        set_current(data, context, context);
         data.stream = Some(state);
         (data.continued, data.closed) = (false, false);
         let result = match entry {
-            Some(Entry::Sized(f)) => self.call(|store| f.call(store, (context, arg, end_of_stream.into()))),
-            Some(Entry::Counted(f)) => self.call(|store| f.call(store, (context, arg))),
-            Some(Entry::Connection(f)) => self.call(|store| f.call(store, context)),
-            Some(Entry::Notice(f)) => {
-                self.call(|store| f.call(store, (context, REMOTE))).map(|()| crate::abi::ACTION_CONTINUE)
+            Some(Entry::Sized(f)) => {
+                call(&mut self.store, self.limits, |store| f.call(store, (context, arg, end_of_stream.into())))
             }
+            Some(Entry::Counted(f)) => call(&mut self.store, self.limits, |store| f.call(store, (context, arg))),
+            Some(Entry::Connection(f)) => call(&mut self.store, self.limits, |store| f.call(store, context)),
+            Some(Entry::Notice(f)) => call(&mut self.store, self.limits, |store| f.call(store, (context, REMOTE)))
+                .map(|()| crate::abi::ACTION_CONTINUE),
             None => Ok(crate::abi::ACTION_CONTINUE),
         };
         let data = self.store.data_mut();
@@ -461,6 +469,11 @@ impl Vm {
         self.store.data_mut().parked.insert(context, Parked { state, outcome: None, wake });
     }
 
+    /// The last calls asked for callouts.
+    pub fn has_outbox(&self) -> bool {
+        !self.store.data().outbox.is_empty()
+    }
+
     /// Callouts the last calls asked for.
     pub fn take_outbox(&mut self) -> Vec<Callout> {
         std::mem::take(&mut self.store.data_mut().outbox)
@@ -470,13 +483,12 @@ impl Vm {
     /// unless that context has ended.
     pub fn deliver_http(&mut self, token: u32, reply: Option<CalloutReply>) -> Result<(), VmError> {
         let Some(context) = self.store.data_mut().callouts.remove(&token) else { return Ok(()) };
-        let exports = self.exports.clone();
-        let Some(callback) = exports.on_http_call_response.as_ref() else { return Ok(()) };
+        let Some(callback) = self.exports.on_http_call_response.as_ref() else { return Ok(()) };
         let counts = reply.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         self.store.data_mut().callout_reply = reply;
-        self.enter(0, context);
-        let result = self
-            .call(|store| callback.call(store, (context, token, counts.0 as u32, counts.1 as u32, counts.2 as u32)));
+        set_current(self.store.data_mut(), 0, context);
+        let arguments = (context, token, counts.0 as u32, counts.1 as u32, counts.2 as u32);
+        let result = call(&mut self.store, self.limits, |store| callback.call(store, arguments));
         self.store.data_mut().callout_reply = None;
         result
     }
@@ -484,8 +496,8 @@ impl Vm {
     /// Delivers a gRPC callout's outcome to the context that made it, unless that context ended.
     pub fn deliver_grpc(&mut self, token: u32, outcome: GrpcOutcome) -> Result<(), VmError> {
         let Some(context) = self.store.data_mut().callouts.remove(&token) else { return Ok(()) };
-        self.enter(0, context);
-        let exports = self.exports.clone();
+        set_current(self.store.data_mut(), 0, context);
+        let exports = &self.exports;
         let result = match outcome {
             GrpcOutcome::Message(message) => {
                 let Some(callback) = exports.on_grpc_receive.as_ref() else { return Ok(()) };
@@ -493,14 +505,14 @@ impl Vm {
                 let data = self.store.data_mut();
                 data.grpc_message = message;
                 data.grpc_status = (0, String::new());
-                self.call(|store| callback.call(store, (context, token, size)))
+                call(&mut self.store, self.limits, |store| callback.call(store, (context, token, size)))
             }
             GrpcOutcome::Status(code, message) => {
                 let Some(callback) = exports.on_grpc_close.as_ref() else { return Ok(()) };
                 let data = self.store.data_mut();
                 data.grpc_message.clear();
                 data.grpc_status = (code, message);
-                self.call(|store| callback.call(store, (context, token, code)))
+                call(&mut self.store, self.limits, |store| callback.call(store, (context, token, code)))
             }
         };
         self.store.data_mut().grpc_message.clear();
@@ -522,18 +534,17 @@ impl Vm {
             data.callouts.retain(|_, owner| *owner != context);
         }
         data.stream = state.or(parked);
-        let shared_exports = self.exports.clone();
-        let exports = (&shared_exports.on_log, &shared_exports.on_done, &shared_exports.on_delete);
-        self.enter(context, context);
+        set_current(data, context, context);
+        let (store, limits, exports) = (&mut self.store, self.limits, &self.exports);
         let result = (|| {
-            if let Some(log) = exports.0 {
-                self.call(|store| log.call(store, context))?;
+            if let Some(log) = &exports.on_log {
+                call(store, limits, |store| log.call(store, context))?;
             }
-            if let Some(done) = exports.1 {
-                self.call(|store| done.call(store, context))?;
+            if let Some(done) = &exports.on_done {
+                call(store, limits, |store| done.call(store, context))?;
             }
-            if let Some(delete) = exports.2 {
-                self.call(|store| delete.call(store, context))?;
+            if let Some(delete) = &exports.on_delete {
+                call(store, limits, |store| delete.call(store, context))?;
             }
             Ok(())
         })();
