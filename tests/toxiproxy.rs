@@ -108,12 +108,11 @@ async fn the_python_client_adds_latency_and_reset_peer_and_resets() {
     let (weft, api) = start().await;
     let out = run_client("python3", "toxiproxy_python.py", ("PYTHONPATH", python), api, &echo).await;
     assert!(out.contains("python client: ok"), "{out}");
+    // The echo made under the latency toxic is counted. The plain echo before it may be counted
+    // too: a toxic reaches open connections, and weft may not have seen that one close yet.
     let metrics = weft.metrics().await;
-    assert_eq!(
-        metric(&metrics, r#"weft_toxic_connections_total{listener="python_echo",toxic="latency"}"#),
-        Some(1.0),
-        "{metrics}"
-    );
+    let affected = metric(&metrics, r#"weft_toxic_connections_total{listener="python_echo",toxic="latency"}"#);
+    assert!(matches!(affected, Some(n) if (1.0..=2.0).contains(&n)), "{metrics}");
 }
 
 #[tokio::test]

@@ -167,7 +167,7 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let mut conn = Downstream {
+    let conn = Downstream {
         id: shared.next_connection_id(),
         listener: state.name.clone(),
         peer,
@@ -176,33 +176,44 @@ async fn serve_connection(
         accepted,
         forwarded_for: crate::http::forwarded_for(peer.ip()),
     };
-    match &state.tls {
+    match state.tls.clone() {
         None => dispatch(stream, conn, state, shared, watcher).await,
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(state.config.limits.tls_handshake_timeout.get(), acceptor.accept(stream));
-            match handshake.await {
-                Ok(Ok(tls)) => {
-                    conn.tls = Some(TlsInfo::of(tls.get_ref().1));
-                    dispatch(tls, conn, state, shared, watcher).await
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(listener = %state.name, %peer, %error, "TLS handshake failed");
-                    shared
-                        .metrics
-                        .downstream_rejected
-                        .get_or_create(&RejectLabels { listener: state.name.clone(), reason: "tls" })
-                        .inc();
-                }
-                Err(_) => {
-                    tracing::debug!(listener = %state.name, %peer, "TLS handshake timed out");
-                    shared
-                        .metrics
-                        .downstream_rejected
-                        .get_or_create(&RejectLabels { listener: state.name.clone(), reason: "tls" })
-                        .inc();
-                }
-            }
+        // Boxed: a task is as large as its largest state, and every idle keep-alive connection
+        // holds its task; the TLS states (handshake, rustls session) would set the size of all.
+        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, conn, state, shared, watcher)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut conn: Downstream,
+    state: Arc<ListenerState>,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+) {
+    let peer = conn.peer;
+    let handshake = tokio::time::timeout(state.config.limits.tls_handshake_timeout.get(), acceptor.accept(stream));
+    match handshake.await {
+        Ok(Ok(tls)) => {
+            conn.tls = Some(TlsInfo::of(tls.get_ref().1));
+            dispatch(tls, conn, state, shared, watcher).await
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(listener = %state.name, %peer, %error, "TLS handshake failed");
+            shared
+                .metrics
+                .downstream_rejected
+                .get_or_create(&RejectLabels { listener: state.name.clone(), reason: "tls" })
+                .inc();
+        }
+        Err(_) => {
+            tracing::debug!(listener = %state.name, %peer, "TLS handshake timed out");
+            shared
+                .metrics
+                .downstream_rejected
+                .get_or_create(&RejectLabels { listener: state.name.clone(), reason: "tls" })
+                .inc();
         }
     }
 }
@@ -212,11 +223,16 @@ where
     IO: crate::tcp::Socket + 'static,
 {
     if state.config.protocol == ListenerProtocol::Tcp {
-        return crate::tcp::serve(io, conn, state, shared).await;
+        // Boxed for the same reason as TLS: TCP proxying's state would size every HTTP task.
+        return Box::pin(crate::tcp::serve(io, conn, state, shared)).await;
     }
     let builder = http_builder(&state.config.limits);
     let conn = Arc::new(conn);
-    let service = hyper::service::service_fn(move |request| crate::http::handle(shared.clone(), conn.clone(), request));
+    // The request's future is boxed: hyper keeps a slot the size of the service's future for each
+    // connection from its start, so an idle connection would hold a few KiB it does not use; one
+    // allocation per request is the cheaper side of that trade.
+    let service =
+        hyper::service::service_fn(move |request| Box::pin(crate::http::handle(shared.clone(), conn.clone(), request)));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(listener = %state.name, error = %error, "client connection ended with an error");
