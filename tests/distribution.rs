@@ -8,11 +8,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use support::control::Control;
 use support::filters::test_filters;
+use support::load::Load;
 use support::upstream::echo;
 use support::{eventually, seen, try_raw_exchange, TempDir};
 
@@ -162,27 +161,13 @@ async fn a_proxy_takes_each_version_refuses_what_it_cannot_load_and_reloads_unde
     drop(taken);
 
     // A new version under steady load: no request fails while it is swapped in.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                sent.fetch_add(1, Ordering::Relaxed);
-                if let Err(why) = served_by(port).await {
-                    eprintln!("failed during the reload: {why}");
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let load = Load::start(move || async move { served_by(port).await.map(drop) });
     assert_eq!(apply(&control, &config(port, &digest, &web2.endpoint())).await, 3);
     eventually("the proxy serves version 3", || async { served_by(port).await.is_ok_and(|u| u == "web2") }).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // a little load after the swap too
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    assert!(sent.load(Ordering::Relaxed) > 10, "too little load to tell");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the reload");
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 10, "too little load to tell");
+    assert_eq!(failed, 0, "requests failed during the reload");
     eventually("/v1/proxies shows version 3", || async { proxy_status(&control).await["version"] == 3 }).await;
 
     let listed = control.cli(&["get", "proxies"]).await;

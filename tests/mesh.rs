@@ -12,10 +12,9 @@ mod support;
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use support::control::Control;
 use support::filters::builtin;
+use support::load::Load;
 use support::mesh::MeshProxy;
 use support::upstream::{echo, Upstream};
 use support::{curl, eventually, seen, try_raw_exchange, TempDir};
@@ -125,46 +124,14 @@ async fn call(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     Ok((answer.status, answer.body))
 }
 
-/// Requests through the frontend, one after the other, until stopped; counts the failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(public: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let task = {
-            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match call(public, "/load").await {
-                        Ok((200, _)) => {}
-                        other => {
-                            eprintln!("a request failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        };
-        Load { stop, sent, failed, task }
-    }
-
-    fn sent(&self) -> usize {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Stops and returns (sent, failed).
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
-    }
+/// Steady load through the frontend: a request fails unless it is answered 200.
+fn load(public: SocketAddr) -> Load {
+    Load::start(move || async move {
+        match call(public, "/load").await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
 }
 
 #[tokio::test]
@@ -268,7 +235,7 @@ async fn a_wrong_join_token_gets_no_certificate() {
 #[tokio::test]
 async fn short_lived_certificates_renew_without_a_failed_request() {
     let mesh = Mesh::start(&["--cert-ttl", "4s"]).await;
-    let load = Load::start(mesh.frontend.listener("public").await);
+    let load = load(mesh.frontend.listener("public").await);
     let first_expiry = mesh.frontend.metric("weft_identity_cert_expiry_seconds").await;
     for proxy in [&mesh.frontend, &mesh.backend] {
         eventually(&format!("{} renews three times", proxy.node), || async {
@@ -320,7 +287,7 @@ async fn renewal_failures_show_in_metrics_and_on_the_admin_api_and_are_retried()
 async fn the_root_rotates_without_a_failed_request() {
     let mesh = Mesh::start(&[]).await;
     let before = mesh.control.get_json("/v1/mesh").await;
-    let load = Load::start(mesh.frontend.listener("public").await);
+    let load = load(mesh.frontend.listener("public").await);
 
     let started = mesh.control.cli(&["mesh", "rotate", "start"]).await;
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));

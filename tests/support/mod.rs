@@ -6,6 +6,7 @@ pub mod certs;
 pub mod control;
 pub mod filters;
 pub mod grpc;
+pub mod load;
 pub mod managed;
 pub mod mesh;
 pub mod upstream;
