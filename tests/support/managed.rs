@@ -5,7 +5,8 @@
 use super::control::Control;
 use super::{get, TempDir, PATIENCE};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 pub struct Managed {
     child: Option<Child>,
@@ -24,19 +25,31 @@ impl Managed {
         for label in labels {
             command.args(["--label", label]);
         }
-        let child = command
+        command
             .args(["--admin", &admin.to_string(), "--drain-timeout", "2s", "--log-level", "info"])
             .arg("--data")
             .arg(dir.join("data"))
             .arg("--cache-dir")
             .arg(dir.join("module-cache"))
-            .env("WEFT_TOKEN", &control.token)
+            .env("WEFT_TOKEN", &control.token);
+        Managed::spawn(command, dir, admin, node)
+    }
+
+    /// Starts `command` (a `weft proxy` whose data dir is in `dir` and whose admin API is at
+    /// `admin`), its output going to its log in `dir`.
+    pub fn spawn(mut command: Command, dir: TempDir, admin: SocketAddr, node: &str) -> Managed {
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("proxy.log")).unwrap())
             .spawn()
             .expect("start weft proxy");
         Managed { child: Some(child), dir, admin, node: node.to_owned() }
+    }
+
+    /// The proxy's data dir.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     pub fn log(&self) -> String {
@@ -64,6 +77,18 @@ impl Managed {
                 self.log()
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} did not exit:\n{}", self.node, self.log());
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
     }
 

@@ -1,15 +1,16 @@
 //! A real `weft proxy --control URL --service NAME` process for the mesh tests: it joins with a
-//! join token and has no admin token; killed when dropped (its log printed if the test failed).
+//! join token and has no admin token; a [`Managed`] process otherwise (killed when dropped, its log
+//! printed if the test failed).
 
 use super::control::Control;
-use super::{get, TempDir, PATIENCE};
+use super::managed::Managed;
+use super::TempDir;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 
 pub struct MeshProxy {
-    child: Option<Child>,
-    pub dir: TempDir,
+    proxy: Managed,
     pub admin: SocketAddr,
     pub node: String,
 }
@@ -31,24 +32,20 @@ impl MeshProxy {
             .arg(dir.join("module-cache"))
             // A mesh proxy needs no admin token: it joins with a join token.
             .env_remove("WEFT_TOKEN")
-            .env_remove("WEFT_JOIN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+            .env_remove("WEFT_JOIN_TOKEN");
         if let Some(token) = token {
             command.args(["--join-token", token]);
         }
-        let child = command.spawn().expect("start weft proxy");
-        MeshProxy { child: Some(child), dir, admin, node: node.to_owned() }
+        MeshProxy { proxy: Managed::spawn(command, dir, admin, node), admin, node: node.to_owned() }
     }
 
     /// The proxy's data dir (its mesh identity is in identity/).
     pub fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        self.proxy.data()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        self.proxy.log()
     }
 
     /// A JSON document of the admin API, or `Null` while it does not answer 200.
@@ -65,7 +62,7 @@ impl MeshProxy {
     }
 
     pub async fn metrics(&self) -> String {
-        get(self.admin, "/metrics").await.body
+        self.proxy.metrics().await
     }
 
     /// A metric's value (`name{labels}`), 0 when absent.
@@ -75,38 +72,11 @@ impl MeshProxy {
 
     /// Where listener `name` is bound, once the proxy runs a config with it.
     pub async fn listener(&self, name: &str) -> SocketAddr {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let config = self.admin_json("/config").await;
-            if let Some(address) = config["listeners"][name].as_str().and_then(|a| a.parse().ok()) {
-                return address;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{} never bound {name}:\n{}", self.node, self.log());
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        self.proxy.addr(name).await
     }
 
     /// Waits for the process to exit by itself.
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return status;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{} did not exit:\n{}", self.node, self.log());
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        }
-    }
-}
-
-impl Drop for MeshProxy {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- weft proxy {} stderr ----\n{}", self.node, self.log());
-        }
+        self.proxy.wait_exit().await
     }
 }
