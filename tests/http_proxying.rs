@@ -1,5 +1,6 @@
 //! HTTP through a real weft process: HTTP/1.1 and h2c from curl, proxy headers, streaming bodies,
-//! trailers and gRPC, WebSocket upgrades, 100-continue, load balancing and connection reuse.
+//! trailers and gRPC, WebSocket upgrades, 100-continue, load balancing and connection reuse, and
+//! idle client connections that park (give their buffers back) and wake.
 
 mod support;
 
@@ -223,6 +224,93 @@ async fn websocket_upgrades_are_tunnelled() {
         let reply = tokio::time::timeout(support::PATIENCE, socket.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(reply.to_text().unwrap(), format!("echo {text}"));
     }
+    socket.close(None).await.unwrap();
+}
+
+/// Parked client connections of the `public` listener, from `/metrics`.
+async fn parked(weft: &Weft) -> f64 {
+    support::weft::metric(&weft.metrics().await, "weft_downstream_connections_parked{listener=\"public\"}")
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_park_and_still_serve_their_next_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = echo("web").await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
+    let mut stream = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+
+    stream.write_all(request("/one").as_bytes()).await.unwrap();
+    assert_eq!(support::read_response(&mut stream).await.status, 200);
+    support::eventually("the idle connection parks", || async { parked(&weft).await == 1.0 }).await;
+
+    stream.write_all(request("/two").as_bytes()).await.unwrap();
+    let response = support::read_response(&mut stream).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(support::seen(&response.body)["path"], "/two", "the parked connection serves the next request");
+    support::eventually("it parks again", || async { parked(&weft).await == 1.0 }).await;
+
+    // Two requests in one write wake it: both are answered, in order, on the same connection.
+    let both = format!("{}GET /four HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n", request("/three"));
+    stream.write_all(both.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(support::PATIENCE, stream.read_to_end(&mut bytes)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let (three, four) = (text.find("\"path\":\"/three\"").unwrap(), text.find("\"path\":\"/four\"").unwrap());
+    assert!(three < four, "answered in order: {text}");
+    support::eventually("a closed connection is no longer parked", || async { parked(&weft).await == 0.0 }).await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_can_still_be_upgraded_to_a_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // Plain requests get "ok"; an upgrade request (seen by peeking at its head) becomes a WebSocket.
+    let ws = upstream::raw_tcp(|mut stream| async move {
+        let mut head = [0u8; 2048];
+        loop {
+            let Ok(n) = stream.peek(&mut head).await else { return };
+            let seen = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+            let Some(end) = seen.find("\r\n\r\n") else {
+                if n == 0 {
+                    return;
+                }
+                tokio::task::yield_now().await;
+                continue;
+            };
+            if seen.contains("upgrade: websocket") {
+                break;
+            }
+            stream.read_exact(&mut head[..end + 4]).await.unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+        }
+        if let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await {
+            while let Some(Ok(message)) = socket.next().await {
+                if message.is_text()
+                    && socket.send(Message::text(format!("echo {}", message.to_text().unwrap()))).await.is_err()
+                {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let weft = Weft::start(&one_cluster(&[ws.endpoint()])).await;
+    let mut stream = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: test.local\r\n\r\n").await.unwrap();
+    assert_eq!(support::read_response(&mut stream).await.body, "ok");
+    support::eventually("the idle connection parks", || async { parked(&weft).await == 1.0 }).await;
+
+    let (mut socket, response) = tokio_tungstenite::client_async(format!("ws://{}/chat", weft.addr("public")), stream)
+        .await
+        .expect("a WebSocket on the parked connection");
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("hi")).await.unwrap();
+    let reply = tokio::time::timeout(support::PATIENCE, socket.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.to_text().unwrap(), "echo hi");
     socket.close(None).await.unwrap();
 }
 

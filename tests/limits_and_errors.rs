@@ -157,6 +157,24 @@ async fn a_client_that_sends_its_head_too_slowly_is_cut_off() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let web = echo("web").await;
+    let weft = Weft::start(&limited(&web.endpoint(), "header_read_timeout: 300ms")).await;
+    let mut idle = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(support::read_response(&mut idle).await.status, 200);
+    let answered = std::time::Instant::now();
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(support::PATIENCE, idle.read(&mut buffer)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, not answered: {read:?}");
+    assert!(
+        answered.elapsed() >= Duration::from_millis(250),
+        "closed only after the timeout: {:?}",
+        answered.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn connections_past_the_listener_limit_are_closed_at_accept() {
     let web = echo("web").await;
     let weft = Weft::start(&limited(&web.endpoint(), "max_connections: 2")).await;

@@ -121,6 +121,27 @@ pub fn parse_raw(bytes: &[u8]) -> RawResponse {
     RawResponse { status, head: head.to_string(), body: body.to_string() }
 }
 
+/// Reads one response from a keep-alive connection: its head, then `content-length` bytes of body.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> RawResponse {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                let response = parse_raw(&bytes[..head_end + 4]);
+                let length: usize = response.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                if bytes.len() >= head_end + 4 + length {
+                    return parse_raw(&bytes[..head_end + 4 + length]);
+                }
+            }
+            let n = stream.read(&mut chunk).await.expect("read a response");
+            assert!(n > 0, "the connection closed before a whole response: {:?}", String::from_utf8_lossy(&bytes));
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(PATIENCE, read).await.expect("a response in time")
+}
+
 /// `GET path` with `Connection: close`.
 pub async fn get(addr: SocketAddr, path: &str) -> RawResponse {
     raw_exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes()).await

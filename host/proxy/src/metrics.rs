@@ -174,6 +174,7 @@ pub struct Metrics {
     pub response_bytes: Family<RouteLabels, Counter>,
     pub local_replies: Family<ListenerLabels, Counter>,
     pub downstream_active: Family<ListenerLabels, Gauge>,
+    pub downstream_parked: Family<ListenerLabels, Gauge>,
     pub downstream_total: Family<ListenerLabels, Counter>,
     pub downstream_rejected: Family<RejectLabels, Counter>,
     pub upstream_active: Family<ClusterLabels, Gauge>,
@@ -232,6 +233,7 @@ impl Metrics {
             response_bytes: Family::default(),
             local_replies: Family::default(),
             downstream_active: Family::default(),
+            downstream_parked: Family::default(),
             downstream_total: Family::default(),
             downstream_rejected: Family::default(),
             upstream_active: Family::default(),
@@ -279,6 +281,11 @@ impl Metrics {
             m.local_replies.clone(),
         );
         registry.register("downstream_connections_active", "Client connections open now", m.downstream_active.clone());
+        registry.register(
+            "downstream_connections_parked",
+            "Idle HTTP/1.1 client connections holding no buffers",
+            m.downstream_parked.clone(),
+        );
         registry.register("downstream_connections", "Client connections accepted", m.downstream_total.clone());
         registry.register(
             "downstream_connections_rejected",

@@ -132,7 +132,7 @@ async fn proxy(
     }
 
     let wants_upgrade = request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
-    let downstream_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = wants_upgrade.then(|| conn.upgrade.wait());
     let (mut parts, body) = request.into_parts();
 
     let mut decisions = RequestDecisions::default();
@@ -308,14 +308,16 @@ fn request_hash(cluster: &Cluster, parts: &http::request::Parts, conn: &Downstre
 }
 
 /// Joins a client and an upstream that agreed to switch protocols, byte for byte, until either ends.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(downstream, upstream) {
-        Ok((downstream, upstream)) => {
-            let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
-            if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-                tracing::debug!(%error, "upgraded connection ended with an error");
-            }
-        }
-        Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+async fn tunnel(
+    downstream: tokio::sync::oneshot::Receiver<Box<dyn crate::tcp::Socket>>,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let (mut downstream, mut upstream) = match tokio::join!(downstream, upstream) {
+        (Ok(downstream), Ok(upstream)) => (downstream, TokioIo::new(upstream)),
+        (Err(_), _) => return tracing::debug!("protocol upgrade failed: the client connection ended first"),
+        (_, Err(error)) => return tracing::debug!(%error, "protocol upgrade failed"),
+    };
+    if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
     }
 }

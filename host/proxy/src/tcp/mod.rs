@@ -34,6 +34,12 @@ pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send {
     /// The TCP socket under it, when there is one.
     fn tcp(&self) -> Option<&TcpStream>;
 
+    /// The socket itself when it is bare TCP, whose readiness shows every byte there is to read
+    /// (a TLS stream can hold decrypted bytes its socket no longer shows).
+    fn bare_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+
     /// Makes the close of this socket a reset (a zero linger), for `reset_peer`.
     fn set_reset(&self) {
         if let Some(tcp) = self.tcp() {
@@ -46,6 +52,10 @@ pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send {
 
 impl Socket for TcpStream {
     fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+
+    fn bare_tcp(&self) -> Option<&TcpStream> {
         Some(self)
     }
 }
@@ -138,7 +148,7 @@ fn lock_empty(chain: &Mutex<ConnectionChain>) -> bool {
     chain.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
 }
 
-pub async fn serve<IO>(downstream: IO, conn: Downstream, listener: Arc<ListenerState>, shared: Arc<Shared>)
+pub async fn serve<IO>(downstream: IO, conn: Arc<Downstream>, listener: Arc<ListenerState>, shared: Arc<Shared>)
 where
     IO: Socket + 'static,
 {

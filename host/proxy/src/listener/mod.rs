@@ -1,23 +1,27 @@
 //! Listening sockets: bind, accept (within the connection limit), hand each connection to TLS
-//! and HTTP or to the tcp path, and drain on stop: no new connections, in-flight ones finish.
+//! and HTTP (`connection`) or to the tcp path, and drain on stop: no new connections, in-flight ones finish.
+
+mod connection;
+mod replay;
 
 use crate::metrics::{ListenerLabels, Name, RejectLabels};
 use crate::snapshot::{ListenerState, Snapshot};
+use crate::tcp::Socket;
 use crate::tls::TlsInfo;
 use crate::Shared;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use connection::Stopped;
+use futures_util::future::Either;
 use prometheus_client::metrics::gauge::Gauge;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
-use weft_config::{ListenerLimits, ListenerProtocol};
+use weft_config::ListenerProtocol;
 
 /// One client connection, as the request path and filters see it.
 pub struct Downstream {
@@ -30,6 +34,26 @@ pub struct Downstream {
     pub accepted: Arc<Snapshot>,
     /// `peer`'s IP as an `x-forwarded-for` entry, made once for all the connection's requests.
     pub forwarded_for: http::HeaderValue,
+    /// Where a request that upgrades this HTTP/1 connection waits for its socket.
+    pub upgrade: UpgradeSlot,
+}
+
+/// The socket of an upgraded HTTP/1 connection reaches the request that upgraded it here, once
+/// hyper has written the `101` and let go of the socket.
+#[derive(Default)]
+pub struct UpgradeSlot(Mutex<Option<oneshot::Sender<Box<dyn Socket>>>>);
+
+impl UpgradeSlot {
+    /// Asks for the socket, should the response be a `101`. A later request's ask replaces this one.
+    pub fn wait(&self) -> oneshot::Receiver<Box<dyn Socket>> {
+        let (sender, receiver) = oneshot::channel();
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender);
+        receiver
+    }
+
+    fn take(&self) -> Option<oneshot::Sender<Box<dyn Socket>>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
 }
 
 /// A bound socket and its accept loop.
@@ -104,7 +128,6 @@ async fn accept_loop(
     mut stopped: watch::Receiver<Option<Duration>>,
 ) {
     let active = Arc::new(ActiveConnections::default());
-    let graceful = GracefulShutdown::new();
     let labels = ListenerLabels { listener: name.clone() };
     let gauge = shared.metrics.downstream_active.get_or_create(&labels).clone();
     let accepted_total = shared.metrics.downstream_total.get_or_create(&labels).clone();
@@ -139,31 +162,25 @@ async fn accept_loop(
         gauge.inc();
         accepted_total.inc();
         let guard = ConnectionGuard { active: active.clone(), gauge: gauge.clone() };
-        let watcher = graceful.watcher();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            serve_connection(stream, peer, state, snapshot, shared, watcher).await;
-        });
+        tokio::spawn(serve_connection(guard, stream, peer, state, snapshot, shared.clone(), stopped.clone()));
     };
     drop(socket);
     tracing::info!(listener = %name, open = active.count.load(Ordering::Acquire), "listener stopped, draining connections");
-    let drained = async {
-        graceful.shutdown().await;
-        active.wait_idle().await;
-    };
-    if tokio::time::timeout(drain, drained).await.is_err() {
+    // Each connection sees the stop too: idle ones close, busy ones after their requests.
+    if tokio::time::timeout(drain, active.wait_idle()).await.is_err() {
         tracing::warn!(listener = %name, open = active.count.load(Ordering::Acquire), "drain time is up, closing what is left");
     }
 }
 
+/// Serves one accepted connection; `_guard` counts it open until it is done.
 async fn serve_connection(
+    _guard: ConnectionGuard,
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<ListenerState>,
     accepted: Arc<Snapshot>,
     shared: Arc<Shared>,
-    watcher: Watcher,
+    stopped: Stopped,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
@@ -175,12 +192,15 @@ async fn serve_connection(
         tls: None,
         accepted,
         forwarded_for: crate::http::forwarded_for(peer.ip()),
+        upgrade: UpgradeSlot::default(),
     };
     match state.tls.clone() {
-        None => dispatch(stream, conn, state, shared, watcher).await,
+        // The connection is shared from here on: each layer of futures below keeps its own
+        // copy of its arguments, and a whole `Downstream` in each would cost every connection.
+        None => dispatch(stream, Arc::new(conn), state, shared, stopped).await,
         // Boxed: a task is as large as its largest state, and every idle keep-alive connection
         // holds its task; the TLS states (handshake, rustls session) would set the size of all.
-        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, conn, state, shared, watcher)).await,
+        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, conn, state, shared, stopped)).await,
     }
 }
 
@@ -190,14 +210,14 @@ async fn serve_tls(
     mut conn: Downstream,
     state: Arc<ListenerState>,
     shared: Arc<Shared>,
-    watcher: Watcher,
+    stopped: Stopped,
 ) {
     let peer = conn.peer;
     let handshake = tokio::time::timeout(state.config.limits.tls_handshake_timeout.get(), acceptor.accept(stream));
     match handshake.await {
         Ok(Ok(tls)) => {
             conn.tls = Some(TlsInfo::of(tls.get_ref().1));
-            dispatch(tls, conn, state, shared, watcher).await
+            dispatch(tls, Arc::new(conn), state, shared, stopped).await
         }
         Ok(Err(error)) => {
             tracing::debug!(listener = %state.name, %peer, %error, "TLS handshake failed");
@@ -218,38 +238,22 @@ async fn serve_tls(
     }
 }
 
-async fn dispatch<IO>(io: IO, conn: Downstream, state: Arc<ListenerState>, shared: Arc<Shared>, watcher: Watcher)
+/// The tcp path or HTTP. Not an `async fn`: a task holds each layer's arguments for its whole
+/// life, and this one would add a copy of them to every connection.
+fn dispatch<IO>(
+    io: IO,
+    conn: Arc<Downstream>,
+    state: Arc<ListenerState>,
+    shared: Arc<Shared>,
+    stopped: Stopped,
+) -> impl Future<Output = ()>
 where
-    IO: crate::tcp::Socket + 'static,
+    IO: Socket + 'static,
 {
     if state.config.protocol == ListenerProtocol::Tcp {
         // Boxed for the same reason as TLS: TCP proxying's state would size every HTTP task.
-        return Box::pin(crate::tcp::serve(io, conn, state, shared)).await;
+        Either::Left(Box::pin(crate::tcp::serve(io, conn, state, shared)))
+    } else {
+        Either::Right(connection::serve(io, conn, state, shared, stopped))
     }
-    let builder = http_builder(&state.config.limits);
-    let conn = Arc::new(conn);
-    // The request's future is boxed: hyper keeps a slot the size of the service's future for each
-    // connection from its start, so an idle connection would hold a few KiB it does not use; one
-    // allocation per request is the cheaper side of that trade.
-    let service =
-        hyper::service::service_fn(move |request| Box::pin(crate::http::handle(shared.clone(), conn.clone(), request)));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(listener = %state.name, error = %error, "client connection ended with an error");
-    }
-}
-
-/// hyper's own limits sit above weft's, so requests just over weft's limit get weft's 431
-/// with its `x-weft-error`; hyper's cruder refusal only meets far larger abuse.
-fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
-    let header_bytes = limits.max_request_header_size.bytes() as usize;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_headers(limits.max_request_headers as usize * 2 + 16)
-        .max_buf_size((header_bytes * 2).max(16 * 1024));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size((header_bytes * 2).min(u32::MAX as usize) as u32);
-    builder
 }
