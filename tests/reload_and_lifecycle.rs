@@ -10,6 +10,7 @@ use std::time::Duration;
 use support::upstream::echo;
 use support::weft::{binary, metric, run_with_config};
 use support::{eventually, get, TempDir, Weft};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(cluster_endpoint: &str, extra_listener: bool) -> String {
     let extra = if extra_listener { "  - name: extra\n    address: 127.0.0.1:0\n    cluster: web\n" } else { "" };
@@ -128,9 +129,20 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let web = echo("web").await;
     let mut weft = Weft::start(&config(&web.endpoint(), false)).await;
     let addr = weft.addr("public");
+    // An idle keep-alive connection, parked by the time the proxy is told to stop.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(support::read_response(&mut idle).await.status, 200);
+    let parked = "weft_downstream_connections_parked{listener=\"public\"}";
+    eventually("the idle connection parks", || async { metric(&weft.metrics().await, parked) == Some(1.0) }).await;
     let in_flight = tokio::spawn(async move { get(addr, "/slow/800").await });
-    eventually("the slow request to reach the upstream", || async { web.requests() == 1 }).await;
+    eventually("the slow request to reach the upstream", || async { web.requests() == 2 }).await;
     weft.signal("TERM");
+    let mut buffer = [0u8; 16];
+    let read =
+        tokio::time::timeout(support::PATIENCE, idle.read(&mut buffer)).await.expect("the idle connection closes");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, not answered: {read:?}");
+    assert!(!in_flight.is_finished(), "the idle connection closed at once, not after the request in flight");
     let response = in_flight.await.unwrap();
     assert_eq!(response.status, 200, "the in-flight request finished");
     let status = weft.wait_exit().await;
