@@ -53,8 +53,7 @@ impl Callouts for ClusterCallouts {
             let cluster = snapshot.clusters.get(&cluster).ok_or_else(|| format!("no cluster named {cluster:?}"))?;
             let endpoint = cluster.pick_for(fastrand::u64(..), &[]).ok_or("no healthy upstream")?.clone();
             let (mut parts, body) = request.into_parts();
-            parts.uri =
-                crate::http::upstream_uri(cluster, &parts, &endpoint.name).map_err(|r| r.reason().to_owned())?;
+            crate::http::address_upstream(cluster, &mut parts, &endpoint.name).map_err(|r| r.reason().to_owned())?;
             let request = Request::from_parts(parts, ProxyBody::full(body));
             let mut in_flight = endpoint.start_request();
             let exchange = async {

@@ -132,7 +132,7 @@ pub async fn send_replayable(
         let left = deadline.saturating_duration_since(Instant::now());
         let this_try = retries.per_try_timeout.map_or(left, |per_try| per_try.get().min(left));
         let mut request_parts = parts.clone();
-        request_parts.uri = crate::http::upstream_uri(cluster, parts, &endpoint.name)?;
+        crate::http::address_upstream(cluster, &mut request_parts, &endpoint.name)?;
         let mut in_flight = endpoint.start_request();
         let request = Request::from_parts(request_parts, ProxyBody::full(body.clone()));
         let result = super::send(cluster, &endpoint, &mut in_flight, request, this_try, metrics).await;
