@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use weft_config::FieldError;
 
-pub use crate::callout::{CalloutResponse, Callouts, DEFAULT_CALLOUT_TIMEOUT};
+pub use crate::callout::{CalloutFuture, CalloutResponse, Callouts, DEFAULT_CALLOUT_TIMEOUT};
 
 /// What filters decided about a request so far.
 #[derive(Default)]

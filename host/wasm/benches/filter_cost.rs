@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weft_proxy::chain::{
-    BodyStep, CalloutResponse, Callouts, Direction, FilterChain, FilterHost, FilterLoader, HttpFilter,
-    RequestDecisions, StreamInfo,
+    BodyStep, CalloutFuture, Callouts, Direction, FilterChain, FilterHost, FilterLoader, HttpFilter, RequestDecisions,
+    StreamInfo,
 };
 use weft_proxy::metrics::{Metrics, Name};
 
@@ -83,12 +83,7 @@ impl Callouts for NoClusters {
     fn knows(&self, _cluster: &str) -> bool {
         false
     }
-    fn send(
-        &self,
-        cluster: &str,
-        _request: Request<Bytes>,
-        _timeout: Duration,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<CalloutResponse, String>> + Send>> {
+    fn send(&self, cluster: &str, _request: Request<Bytes>, _timeout: Duration) -> CalloutFuture {
         let cluster = cluster.to_string();
         Box::pin(async move { Err(format!("no cluster {cluster} in the bench")) })
     }
@@ -116,6 +111,7 @@ fn one_request(chain: &FilterChain, request: &http::request::Parts, response: &h
         BodyStep::Done(Err(_)) => panic!("a filter stopped the response body"),
         BodyStep::Waiting(_) => panic!("a filter paused the response body"),
     }
+    // The end of the stream: each filter's log, done and delete callbacks.
     drop(streams);
 }
 

@@ -290,26 +290,23 @@ pub(crate) fn address_upstream(
     endpoint: &str,
 ) -> Result<(), LocalReply> {
     let invalid = |_| LocalReply::BadRequest("invalid request target");
-    let http1 = cluster.config.protocol == weft_config::UpstreamProtocol::Http1 && parts.method != Method::CONNECT;
-    let path_and_query =
-        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     // The URI's own parts are reused as they are (already parsed); only a `Host` is parsed here.
-    let authority = match (parts.uri.authority(), http1) {
-        (Some(authority), false) => authority.clone(),
-        (Some(authority), true) => {
-            if !parts.headers.contains_key(header::HOST) {
-                let host =
-                    HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::BadRequest("invalid host"))?;
-                parts.headers.insert(header::HOST, host);
-            }
-            pool_key()
-        }
-        (None, true) if parts.headers.contains_key(header::HOST) => pool_key(),
-        (None, _) => match parts.headers.get(header::HOST) {
+    let mut authority = match parts.uri.authority() {
+        Some(authority) => authority.clone(),
+        None => match parts.headers.get(header::HOST) {
             Some(host) => http::uri::Authority::try_from(host.as_bytes()).map_err(invalid)?,
             None => http::uri::Authority::try_from(endpoint).map_err(invalid)?,
         },
     };
+    if cluster.config.protocol == weft_config::UpstreamProtocol::Http1 && parts.method != Method::CONNECT {
+        if !parts.headers.contains_key(header::HOST) {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::BadRequest("invalid host"))?;
+            parts.headers.insert(header::HOST, host);
+        }
+        authority = pool_key();
+    }
+    let path_and_query =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(cluster.scheme.clone());
     uri.authority = Some(authority);
@@ -388,6 +385,9 @@ mod tests {
         let connect =
             addressed(&http1, Request::builder().method(Method::CONNECT).uri("db.internal:5432").body(()).unwrap());
         assert_eq!(connect.uri.authority().unwrap(), "db.internal:5432");
+        // A Host that names no authority is still refused, though the pool never sees it.
+        let (mut bad_host, ()) = Request::get("/a").header("host", "a b").body(()).unwrap().into_parts();
+        assert!(address_upstream(&http1, &mut bad_host, "127.0.0.1:8080").is_err());
 
         let http2 = cluster("http2").await;
         let to_h2 = addressed(&http2, Request::get("/a").header("host", "shop.example").body(()).unwrap());
