@@ -165,24 +165,29 @@ impl Http1 {
             .get_or_create(&ListenerLabels { listener: self.listener.clone() })
             .clone();
         loop {
-            self.activity.io.store(FLUSHED, Ordering::Relaxed);
-            let watched = Watched { inner: Replay::new(ahead, io), activity: self.activity.clone() };
-            // Boxed, so that a parked connection's task does not keep the room of a session.
-            let mut session = Box::new(self.builder.serve_connection(TokioIo::new(watched), service.clone()));
-            // Boxed with the session, for the same reason.
-            let ended = Box::pin(self.run(&mut *session, parkable)).await;
-            let parts = (*session).into_parts();
-            let (rest, socket) = parts.io.into_inner().inner.into_parts();
-            io = socket;
-            ahead = joined(parts.read_buf, rest);
+            // Boxed: the session's state (hyper's connection, its buffers, the poll loop) is
+            // given back before the connection parks; the task keeps only what parking needs.
+            // Bound before it is awaited, so that the unboxed block is not kept in the task too.
+            let session = Box::pin(async {
+                self.activity.io.store(FLUSHED, Ordering::Relaxed);
+                let watched = Watched { inner: Replay::new(ahead, io), activity: self.activity.clone() };
+                let mut session = self.builder.serve_connection(TokioIo::new(watched), service.clone());
+                let ended = self.run(&mut session, parkable).await;
+                let parts = session.into_parts();
+                let (rest, socket) = parts.io.into_inner().inner.into_parts();
+                (socket, joined(parts.read_buf, rest), ended)
+            });
+            let ended;
+            (io, ahead, ended) = session.await;
             match ended {
                 Ended::Failed(error) => {
                     tracing::debug!(listener = %self.listener, %error, "client connection ended with an error");
                     return;
                 }
                 Ended::Released { parked: true } if ahead.is_empty() => {
+                    let Some(tcp) = io.bare_tcp() else { continue };
                     parked_gauge.inc();
-                    let woke = self.wait_parked(&io).await;
+                    let woke = self.wait_parked(tcp).await;
                     parked_gauge.dec();
                     if !woke {
                         return;
@@ -190,21 +195,25 @@ impl Http1 {
                 }
                 // Bytes of a request had already come: the next session starts on them at once.
                 Ended::Released { parked: true } => {}
+                // Boxed, as it is the connection's last step and needs room no parked one does.
                 Ended::Released { parked: false } => {
-                    // An upgrade the request path is waiting for takes the socket; else it closes.
-                    let io: Box<dyn Socket> = Box::new(Replay::new(ahead, io));
-                    let mut io = match self.conn.upgrade.take() {
-                        Some(waiting) => match waiting.send(io) {
-                            Ok(()) => return,
-                            Err(io) => io,
-                        },
-                        None => io,
-                    };
-                    let _ = io.shutdown().await;
-                    return;
+                    return Box::pin(self.release(Box::new(Replay::new(ahead, io)))).await
                 }
             }
         }
+    }
+
+    /// The socket after its last session: an upgrade the request path is waiting for takes it;
+    /// else it closes.
+    async fn release(&self, io: Box<dyn Socket>) {
+        let mut io = match self.conn.upgrade.take() {
+            Some(waiting) => match waiting.send(io) {
+                Ok(()) => return,
+                Err(io) => io,
+            },
+            None => io,
+        };
+        let _ = io.shutdown().await;
     }
 
     /// Drives a session until hyper lets go of the socket: the client closed, an upgrade, a
@@ -250,15 +259,18 @@ impl Http1 {
 
     /// Waits, holding only the socket, for the client's next bytes. False when the connection
     /// should close instead: idle past the header read timeout, as hyper closes an idle
-    /// keep-alive connection, or the listener stopping.
-    async fn wait_parked<IO: Socket>(&mut self, io: &IO) -> bool {
-        let Some(tcp) = io.bare_tcp() else { return true };
-        tokio::select! {
-            biased;
-            _ = stop_signal(&mut self.stopped) => false,
-            _ = tokio::time::sleep(self.header_read_timeout) => false,
-            readable = tcp.readable() => readable.is_ok(),
-        }
+    /// keep-alive connection, or the listener stopping. Polls the socket's readiness rather than
+    /// awaiting a `readable()` future: every parked connection holds this state.
+    async fn wait_parked(&mut self, tcp: &tokio::net::TcpStream) -> bool {
+        let mut stop = pin!(stop_signal(&mut self.stopped));
+        let mut idle_limit = pin!(tokio::time::sleep(self.header_read_timeout));
+        let waiting = poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() || idle_limit.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            tcp.poll_read_ready(cx).map(|ready| ready.is_ok())
+        });
+        waiting.await
     }
 }
 
