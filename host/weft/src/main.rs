@@ -1,5 +1,6 @@
 //! The `weft` binary: command-line parsing and wiring. The work happens in the library crates.
 
+mod allocator;
 mod chaos_cmd;
 mod cli;
 mod client;
