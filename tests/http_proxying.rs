@@ -1,5 +1,6 @@
 //! HTTP through a real weft process: HTTP/1.1 and h2c from curl, proxy headers, streaming bodies,
-//! trailers and gRPC, WebSocket upgrades, 100-continue, load balancing and connection reuse, and
+//! trailers and gRPC, WebSocket upgrades, 100-continue, load balancing and connection reuse (and
+//! no reuse of a connection whose response was left unread), and
 //! idle client connections that park (give their buffers back) and wake.
 
 mod support;
@@ -385,6 +386,16 @@ clusters:
     }
 }
 
+/// Waits (bounded) until the proxy has `open` connections to cluster `web`.
+async fn until_upstream_connections_open(weft: &Weft, open: u32, what: &str) {
+    let admin = weft.admin;
+    support::eventually(what, || async move {
+        let metrics = support::get(admin, "/metrics").await.body;
+        support::weft::metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}") == Some(f64::from(open))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn upstream_connections_are_pooled_and_reused() {
     let web = echo("web").await;
@@ -402,6 +413,41 @@ async fn upstream_connections_are_pooled_and_reused() {
         Some(20.0)
     );
     assert!(metrics.contains("weft_request_duration_seconds_bucket{"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_response_left_unread_does_not_leave_its_connection_for_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // `/endless` sends one chunk and never ends; anything else answers "fresh".
+    let web = upstream::serve(|request: hyper::Request<hyper::body::Incoming>| async move {
+        if request.uri().path() == "/endless" {
+            let first =
+                futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from("part")))]);
+            let body = StreamBody::new(futures_util::StreamExt::chain(first, futures_util::stream::pending()));
+            return hyper::Response::new(body.boxed());
+        }
+        hyper::Response::new(full("fresh"))
+    })
+    .await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
+    let mut client = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    client.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"part") {
+        let mut buffer = [0u8; 1024];
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(n > 0, "the proxy closed before the first chunk: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    drop(client);
+
+    for _ in 0..3 {
+        let response = support::get(weft.addr("public"), "/").await;
+        assert_eq!((response.status, response.body.as_str()), (200, "fresh"));
+    }
+    assert_eq!(web.connections(), 2, "the unfinished response's connection was not reused; the next one was");
+    until_upstream_connections_open(&weft, 1, "the abandoned upstream connection to close").await;
 }
 
 #[tokio::test]
@@ -423,12 +469,7 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     )))
     .await;
     assert_eq!(support::get(weft.addr("public"), "/").await.status, 200);
-    let admin = weft.admin;
-    support::eventually("the idle upstream connection to close", || async move {
-        let metrics = support::get(admin, "/metrics").await.body;
-        support::weft::metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}") == Some(0.0)
-    })
-    .await;
+    until_upstream_connections_open(&weft, 0, "the idle upstream connection to close").await;
     assert_eq!(support::get(weft.addr("public"), "/").await.status, 200, "a new connection is made when needed");
     assert_eq!(web.connections(), 2);
 }
@@ -448,10 +489,5 @@ async fn idle_connections_past_the_pool_cap_are_closed() {
         assert_eq!(request.await.unwrap(), 200);
     }
     assert_eq!(web.connections(), 4, "the burst needed four upstream connections");
-    let admin = weft.admin;
-    support::eventually("all but one idle upstream connection to close", || async move {
-        let metrics = support::get(admin, "/metrics").await.body;
-        support::weft::metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}") == Some(1.0)
-    })
-    .await;
+    until_upstream_connections_open(&weft, 1, "all but one idle upstream connection to close").await;
 }

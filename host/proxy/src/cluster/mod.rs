@@ -8,10 +8,9 @@ use balancer::Balancer;
 pub use balancer::{hash_bytes, hash_ip};
 use health::{ClusterHealth, EndpointHealth, Prober};
 
-use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, EndpointLabels, Metrics, Name};
 use crate::tls::mesh::MeshIdentity;
-use crate::upstream::{ConnectionBudget, ConnectionSlots, Connector, Turn};
+use crate::upstream::{ConnectionBudget, ConnectionSlots, Connector, Http1Pool, Turn, UpstreamClient};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
@@ -19,8 +18,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_config::{FieldError, HashOn, UpstreamProtocol};
-
-pub type UpstreamClient = Client<Connector, ProxyBody>;
 
 /// One upstream address and its pool of connections.
 pub struct Endpoint {
@@ -178,13 +175,21 @@ impl Cluster {
             let tls = crate::tls::cluster_client_config(config, at, host, mesh)?;
             let secure = tls.is_some();
             let connector = Connector::new(address, tls, config.connect_timeout.get(), budget.clone(), created.clone());
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(config.idle_timeout.get())
-                .pool_max_idle_per_host(config.max_idle_connections as usize)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(config.protocol == UpstreamProtocol::Http2 && !secure)
-                .build(connector.clone());
+            let (max_idle, idle_timeout) = (config.max_idle_connections as usize, config.idle_timeout.get());
+            let client = match config.protocol {
+                UpstreamProtocol::Http1 => {
+                    UpstreamClient::Http1(Http1Pool::new(connector.clone(), max_idle, idle_timeout))
+                }
+                UpstreamProtocol::Http2 => UpstreamClient::Http2(Box::new(
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(idle_timeout)
+                        .pool_max_idle_per_host(max_idle)
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .http2_only(!secure)
+                        .build(connector.clone()),
+                )),
+            };
             endpoints.push(Arc::new(Endpoint {
                 name: written.clone(),
                 address,

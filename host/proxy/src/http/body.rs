@@ -3,9 +3,9 @@
 
 use super::exchange::Exchange;
 use super::filtered::FilteredBody;
+use crate::upstream::PeerBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Streamed(Incoming),
+    Streamed(PeerBody),
     /// Passing through the listener's filters.
     Filtered(Box<FilteredBody>),
     /// Ends in an error at once, so the client sees the stream reset.
@@ -47,8 +47,8 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Full(Some(data.into())), meter: Meter::None }
     }
 
-    pub fn streamed(body: Incoming) -> Self {
-        ProxyBody { kind: Kind::Streamed(body), meter: Meter::None }
+    pub fn streamed(body: impl Into<PeerBody>) -> Self {
+        ProxyBody { kind: Kind::Streamed(body.into()), meter: Meter::None }
     }
 
     pub fn filtered(body: FilteredBody) -> Self {

@@ -5,6 +5,7 @@
 use super::body::BoxError;
 use super::{LocalReply, ProxyBody};
 use crate::chain::{BodyStep, BodyStop, ChainStreams, Direction};
+use crate::upstream::PeerBody;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame};
@@ -27,7 +28,7 @@ pub enum BodyAnswer {
 
 pub struct FilteredBody {
     /// The peer's body; `None` once it has ended.
-    inner: Option<Incoming>,
+    inner: Option<PeerBody>,
     chain: ChainStreams,
     direction: Direction,
     limit: usize,
@@ -50,16 +51,16 @@ impl FilteredBody {
         limit: usize,
         local_reply: oneshot::Sender<BodyAnswer>,
     ) -> Self {
-        FilteredBody::new(inner, chain, Direction::Request, limit, Some(local_reply))
+        FilteredBody::new(inner.into(), chain, Direction::Request, limit, Some(local_reply))
     }
 
     /// A response body: its head is already on its way, so a filter can only cut it off.
-    pub fn response(inner: Incoming, chain: ChainStreams, limit: usize) -> Self {
+    pub fn response(inner: PeerBody, chain: ChainStreams, limit: usize) -> Self {
         FilteredBody::new(inner, chain, Direction::Response, limit, None)
     }
 
     fn new(
-        inner: Incoming,
+        inner: PeerBody,
         chain: ChainStreams,
         direction: Direction,
         limit: usize,

@@ -279,11 +279,8 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 ///
 /// Over HTTP/2 the client's authority travels in the URI (`:authority`), so the URI keeps it.
 /// An HTTP/1.1 cluster never speaks HTTP/2 (its TLS offers only `http/1.1`): the authority
-/// travels in `Host` alone and the request line carries only the path, so the URI's authority is
-/// nothing but the key the pool files connections under. The pool belongs to one endpoint, so a
-/// one-letter key serves, and it is much cheaper: the pool hashes its key a byte at a time three
-/// times per request (about 3,000 instructions with a typical host name). `CONNECT` keeps the
-/// client's authority, which is its request line.
+/// travels in `Host` alone and the request line carries only the path (origin form), except for
+/// `CONNECT`, whose request line is the authority.
 pub(crate) fn address_upstream(
     cluster: &Cluster,
     parts: &mut http::request::Parts,
@@ -291,33 +288,36 @@ pub(crate) fn address_upstream(
 ) -> Result<(), LocalReply> {
     let invalid = |_| LocalReply::BadRequest("invalid request target");
     // The URI's own parts are reused as they are (already parsed); only a `Host` is parsed here.
-    let mut authority = match parts.uri.authority() {
+    let authority = match parts.uri.authority() {
         Some(authority) => authority.clone(),
         None => match parts.headers.get(header::HOST) {
             Some(host) => http::uri::Authority::try_from(host.as_bytes()).map_err(invalid)?,
             None => http::uri::Authority::try_from(endpoint).map_err(invalid)?,
         },
     };
-    if cluster.config.protocol == weft_config::UpstreamProtocol::Http1 && parts.method != Method::CONNECT {
-        if !parts.headers.contains_key(header::HOST) {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::BadRequest("invalid host"))?;
-            parts.headers.insert(header::HOST, host);
-        }
-        authority = pool_key();
-    }
-    let path_and_query =
-        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(cluster.scheme.clone());
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(path_and_query);
+    match (cluster.config.protocol, &parts.method) {
+        (weft_config::UpstreamProtocol::Http1, &Method::CONNECT) => uri.authority = Some(authority),
+        (weft_config::UpstreamProtocol::Http1, _) => {
+            if !parts.headers.contains_key(header::HOST) {
+                let host =
+                    HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::BadRequest("invalid host"))?;
+                parts.headers.insert(header::HOST, host);
+            }
+            uri.path_and_query = Some(path_and_query(&parts.uri));
+        }
+        (weft_config::UpstreamProtocol::Http2, _) => {
+            uri.scheme = Some(cluster.scheme.clone());
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path_and_query(&parts.uri));
+        }
+    }
     parts.uri = Uri::from_parts(uri).map_err(|_| LocalReply::BadRequest("invalid request target"))?;
     Ok(())
 }
 
-/// The authority an HTTP/1.1 request's URI carries to the pool (see [`address_upstream`]).
-fn pool_key() -> http::uri::Authority {
-    http::uri::Authority::from_static("e")
+fn path_and_query(uri: &Uri) -> http::uri::PathAndQuery {
+    uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
 /// The request's key on a ring_hash cluster: the configured header, else the client's IP.
@@ -375,8 +375,7 @@ mod tests {
         // An HTTP/2 client's authority becomes the Host an HTTP/1.1 upstream sees.
         let from_h2 = addressed(&http1, Request::get("http://shop.example:8443/a?b=1").body(()).unwrap());
         assert_eq!(from_h2.headers[header::HOST], "shop.example:8443");
-        assert_eq!(from_h2.uri.path_and_query().unwrap(), "/a?b=1");
-        assert_ne!(from_h2.uri.authority().unwrap(), "shop.example:8443", "only the pool's key");
+        assert_eq!(from_h2.uri, "/a?b=1", "origin form: the request line carries the path alone");
         // A client's own Host is left as it was.
         let from_h1 = addressed(&http1, Request::get("/a").header("host", "shop.example").body(()).unwrap());
         assert_eq!(from_h1.headers[header::HOST], "shop.example");
@@ -384,8 +383,8 @@ mod tests {
         // CONNECT's request line is the authority itself.
         let connect =
             addressed(&http1, Request::builder().method(Method::CONNECT).uri("db.internal:5432").body(()).unwrap());
-        assert_eq!(connect.uri.authority().unwrap(), "db.internal:5432");
-        // A Host that names no authority is still refused, though the pool never sees it.
+        assert_eq!(connect.uri, "db.internal:5432", "authority form");
+        // A Host that names no authority is refused.
         let (mut bad_host, ()) = Request::get("/a").header("host", "a b").body(()).unwrap().into_parts();
         assert!(address_upstream(&http1, &mut bad_host, "127.0.0.1:8080").is_err());
 

@@ -1,18 +1,72 @@
 //! Sending a request to a chosen endpoint and classifying how it failed, if it did.
 
 mod connector;
+mod pool;
 pub mod retry;
 mod slots;
 
 pub use connector::{ConnectionLimit, Connector, UpstreamStream};
+pub use pool::{Http1Pool, PeerBody};
 pub use slots::{ConnectionBudget, ConnectionSlots, Turn};
 
 use crate::cluster::{Cluster, Endpoint, InFlight};
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, Metrics, UpstreamErrorLabels};
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use pool::PoolError;
 use std::time::Duration;
+
+/// How requests reach one endpoint: HTTP/1.1 clusters through weft's own pool; HTTP/2 clusters
+/// through hyper's pooled client, which also settles HTTP/1.1 or HTTP/2 by ALPN under TLS.
+pub enum UpstreamClient {
+    Http1(Http1Pool),
+    /// Boxed: hyper's client is some 400 bytes, the pool one pointer.
+    Http2(Box<Client<Connector, ProxyBody>>),
+}
+
+/// Why a request got no response from an [`UpstreamClient`].
+#[derive(Debug)]
+pub enum SendError {
+    Http1(PoolError),
+    Http2(hyper_util::client::legacy::Error),
+}
+
+impl UpstreamClient {
+    pub async fn request(&self, request: Request<ProxyBody>) -> Result<Response<PeerBody>, SendError> {
+        match self {
+            UpstreamClient::Http1(pool) => pool.send(request).await.map_err(SendError::Http1),
+            UpstreamClient::Http2(client) => match client.request(request).await {
+                Ok(response) => Ok(response.map(PeerBody::from)),
+                Err(error) => Err(SendError::Http2(error)),
+            },
+        }
+    }
+}
+
+impl SendError {
+    fn classify(&self) -> UpstreamError {
+        match self {
+            SendError::Http1(PoolError::Connect(error)) if caused_by::<ConnectionLimit>(error) => {
+                UpstreamError::Overloaded
+            }
+            SendError::Http1(PoolError::Connect(_)) => UpstreamError::Connect,
+            SendError::Http1(PoolError::Exchange(error)) if caused_by::<rustls::Error>(error) => UpstreamError::Connect,
+            SendError::Http1(PoolError::Exchange(_)) => UpstreamError::Reset,
+            SendError::Http2(error) if caused_by::<ConnectionLimit>(error) => UpstreamError::Overloaded,
+            SendError::Http2(error) if error.is_connect() || is_tls_refusal(error) => UpstreamError::Connect,
+            SendError::Http2(_) => UpstreamError::Reset,
+        }
+    }
+
+    fn error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            SendError::Http1(PoolError::Connect(error)) => error,
+            SendError::Http1(PoolError::Exchange(error)) => error,
+            SendError::Http2(error) => error,
+        }
+    }
+}
 
 /// How an upstream exchange failed; `http::local_reply` turns it into the client's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +103,7 @@ pub async fn send(
     request: Request<ProxyBody>,
     timeout: Duration,
     metrics: &Metrics,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<PeerBody>, UpstreamError> {
     let Some(client) = &endpoint.client else {
         return Err(UpstreamError::Connect);
     };
@@ -63,14 +117,17 @@ pub async fn send(
     let outcome = match sent.await {
         Ok(Ok(response)) => return Ok(response),
         Err(refused) => refused,
-        Ok(Err(error)) if caused_by::<ConnectionLimit>(&error) => UpstreamError::Overloaded,
-        Ok(Err(error)) if error.is_connect() || is_tls_refusal(&error) => {
-            tracing::debug!(endpoint = %endpoint.address, error = %error_chain(&error), "upstream connect failed");
-            UpstreamError::Connect
-        }
         Ok(Err(error)) => {
-            tracing::debug!(endpoint = %endpoint.address, error = %error_chain(&error), "upstream reset");
-            UpstreamError::Reset
+            let outcome = error.classify();
+            let chain = error_chain(error.error());
+            match outcome {
+                UpstreamError::Connect => {
+                    tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream connect failed")
+                }
+                UpstreamError::Reset => tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream reset"),
+                _ => {}
+            }
+            outcome
         }
     };
     let cluster = &cluster.name;

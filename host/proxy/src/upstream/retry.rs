@@ -3,13 +3,13 @@
 //! requests, so that retrying cannot multiply an outage. Also the cluster's load counters, which
 //! the circuit breaker reads.
 
+use super::PeerBody;
 use super::UpstreamError;
 use crate::cluster::{Cluster, Endpoint, InFlight, Outcome};
 use crate::http::{LocalReply, ProxyBody};
 use crate::metrics::{Metrics, UpstreamErrorLabels};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub fn backoff(retries: &Retries, n: u32) -> Duration {
 
 /// How a try ended, for the endpoint's outlier detection; `None` when the endpoint had no part
 /// in it (the cluster's own connection limit).
-pub fn outcome(result: &Result<Response<Incoming>, UpstreamError>) -> Option<Outcome> {
+pub fn outcome(result: &Result<Response<PeerBody>, UpstreamError>) -> Option<Outcome> {
     Some(match result {
         Ok(response) if response.status().is_server_error() => Outcome::ServerError,
         Ok(_) => Outcome::Success,
@@ -104,7 +104,7 @@ pub fn outcome(result: &Result<Response<Incoming>, UpstreamError>) -> Option<Out
 pub struct Tried {
     pub endpoint: Arc<Endpoint>,
     pub in_flight: InFlight,
-    pub result: Result<Response<Incoming>, UpstreamError>,
+    pub result: Result<Response<PeerBody>, UpstreamError>,
 }
 
 /// Sends a request whose body is whole in memory (so it can be sent again), trying again as
