@@ -12,7 +12,10 @@ pub use slots::{ConnectionBudget, ConnectionSlots, Turn};
 use crate::cluster::{Cluster, Endpoint, InFlight};
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, Metrics, UpstreamErrorLabels};
+use futures_util::future::Either;
+use futures_util::TryFutureExt;
 use http::{Request, Response};
+use std::future::Future;
 use hyper_util::client::legacy::Client;
 use pool::PoolError;
 use std::time::Duration;
@@ -33,13 +36,18 @@ pub enum SendError {
 }
 
 impl UpstreamClient {
-    pub async fn request(&self, request: Request<ProxyBody>) -> Result<Response<PeerBody>, SendError> {
+    /// Not an `async fn`: the request moves straight into the future that sends it instead of
+    /// being kept in this one too (each layer that holds a request by value adds its size to every
+    /// request's future, which is moved about whole).
+    pub fn request(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<PeerBody>, SendError>> + Send + '_ {
         match self {
-            UpstreamClient::Http1(pool) => pool.send(request).await.map_err(SendError::Http1),
-            UpstreamClient::Http2(client) => match client.request(request).await {
-                Ok(response) => Ok(response.map(PeerBody::from)),
-                Err(error) => Err(SendError::Http2(error)),
-            },
+            UpstreamClient::Http1(pool) => Either::Left(pool.send(request).map_err(SendError::Http1)),
+            UpstreamClient::Http2(client) => Either::Right(
+                client.request(request).map_ok(|response| response.map(PeerBody::from)).map_err(SendError::Http2),
+            ),
         }
     }
 }

@@ -67,7 +67,9 @@ impl Http1Pool {
         loop {
             let (mut sender, reused) = match self.checkout().await {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: opening a connection (the TLS handshake's state above all) is rare, and
+                // its state would otherwise make every request's future as large.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
