@@ -56,7 +56,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         present |= bit;
     }
-    if present & CONNECTION_BIT != 0 {
+    // Most messages' `Connection` says only `keep-alive` or `close`, which name no other field:
+    // that is checked first, as reading its tokens costs more than the rest of this.
+    let names_fields = |headers: &HeaderMap| {
+        headers.get_all(header::CONNECTION).iter().any(|value| {
+            let value = value.as_bytes();
+            !value.eq_ignore_ascii_case(b"keep-alive") && !value.eq_ignore_ascii_case(b"close")
+        })
+    };
+    if present & CONNECTION_BIT != 0 && names_fields(headers) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
