@@ -15,9 +15,9 @@ use crate::metrics::{ClusterLabels, Metrics, UpstreamErrorLabels};
 use futures_util::future::Either;
 use futures_util::TryFutureExt;
 use http::{Request, Response};
-use std::future::Future;
 use hyper_util::client::legacy::Client;
 use pool::PoolError;
+use std::future::Future;
 use std::time::Duration;
 
 /// How requests reach one endpoint: HTTP/1.1 clusters through weft's own pool; HTTP/2 clusters
