@@ -451,6 +451,25 @@ async fn a_response_left_unread_does_not_leave_its_connection_for_the_next_reque
 }
 
 #[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_used_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers one request as if keeping the connection, then closes it.
+    let web = upstream::raw_tcp(|mut stream| async move {
+        let mut buffer = [0u8; 4096];
+        let _ = stream.read(&mut buffer).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    })
+    .await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
+    let first = support::get(weft.addr("public"), "/").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "ok"));
+    until_upstream_connections_open(&weft, 0, "weft to see the upstream close its idle connection").await;
+    let second = support::get(weft.addr("public"), "/").await;
+    assert_eq!((second.status, second.body.as_str()), (200, "ok"), "the next request went on a new connection");
+    assert_eq!(web.connections(), 2);
+}
+
+#[tokio::test]
 async fn endpoints_may_be_dns_names() {
     let web = echo("web").await;
     let weft = Weft::start(&one_cluster(&[format!("localhost:{}", web.addr.port())])).await;
