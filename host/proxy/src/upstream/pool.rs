@@ -1,11 +1,13 @@
 //! The HTTP/1.1 connections to one endpoint. A request takes the idle connection used last (so
 //! the fewest stay warm), or opens one; a connection goes back when its response body has been
-//! read to the end, and is closed when the pool has `max_idle_connections` idle already, when it
+//! read to the end and the request is all sent (a request never waits on another's upload), and
+//! is closed when the pool has `max_idle_connections` idle already, when it
 //! idled past `idle_timeout`, or when the endpoint closed it.
 //!
 //! weft keeps this pool itself rather than a general client's: an endpoint has one address and
 //! one protocol, so there is nothing to key connections by, and a connection comes back through
-//! its response body instead of a task spawned per request to wait for it.
+//! its response body instead of a task spawned per request to wait for it (one is spawned only
+//! when the endpoint answered before the request body was all sent).
 
 use super::Connector;
 use crate::http::ProxyBody;
@@ -65,7 +67,7 @@ impl Http1Pool {
         to_origin_form(&mut request);
         let reusable = request.method() != Method::CONNECT;
         loop {
-            let (mut sender, reused) = match self.checkout().await {
+            let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
                 // Boxed: opening a connection (the TLS handshake's state above all) is rare, and
                 // its state would otherwise make every request's future as large.
@@ -87,15 +89,11 @@ impl Http1Pool {
     }
 
     /// The idle connection used last that is still open and not idle for too long.
-    async fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
         loop {
-            let Idle { mut sender, since } = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if since.elapsed() >= self.shared.idle_timeout {
-                continue;
-            }
-            // Back as soon as its response body was read, the connection may still be finishing
-            // that response; it is ready a moment later, or closed (`Connection: close`).
-            if sender.is_ready() || sender.ready().await.is_ok() {
+            let Idle { sender, since } = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            // Not ready once idle means closed: the endpoint closed it, or it failed.
+            if since.elapsed() < self.shared.idle_timeout && sender.is_ready() {
                 return Some(sender);
             }
         }
@@ -116,10 +114,27 @@ impl Http1Pool {
 }
 
 impl Shared {
-    fn checkin(self: &Arc<Self>, sender: SendRequest<ProxyBody>) {
+    fn checkin(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
+        if sender.is_ready() {
+            return self.keep(sender);
+        }
         if sender.is_closed() {
             return;
         }
+        // The exchange is not over on the wire: the response's end was read before the
+        // connection's task got to it, or the endpoint answered before the request body was all
+        // sent. The connection is idle once that is done; until then no request may wait on it.
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                if let Some(pool) = pool.upgrade() {
+                    pool.keep(sender);
+                }
+            }
+        });
+    }
+
+    fn keep(self: &Arc<Self>, sender: SendRequest<ProxyBody>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= self.max_idle {
             return;
@@ -138,7 +153,7 @@ async fn sweep(pool: Weak<Shared>, every: Duration) {
         tokio::time::sleep(every).await;
         let Some(shared) = pool.upgrade() else { return };
         let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| c.since.elapsed() < every && !c.sender.is_closed());
+        idle.retain(|c| c.since.elapsed() < every && c.sender.is_ready());
         if idle.is_empty() {
             // Under the lock, so a connection checked in now starts the next sweep.
             shared.sweeping.store(false, Ordering::Relaxed);
