@@ -82,9 +82,11 @@ impl ConnectionBudget {
     }
 
     /// Counts a connection about to be opened, waiting until `deadline` for one to close when
-    /// the cluster has `max_connections` open. The wait covers the moment a finished request's
-    /// connection is on its way back to the pool while the next request already asks for one:
-    /// the pool hands it that connection, and this connection is never needed.
+    /// the cluster has `max_connections` open. The wait covers a finished request's connection
+    /// that is closing (an answer with `Connection: close`, an abandoned body) while the next
+    /// request already asks for one. It does not watch the pool: a connection that comes back
+    /// idle meanwhile is not handed to this request (HTTP/1.1 connections normally come back
+    /// before their request's turn passes on, so the next turn finds them idle).
     pub async fn open(&self, deadline: Instant) -> bool {
         loop {
             let closed = self.closed.notified();
