@@ -510,3 +510,166 @@ async fn idle_connections_past_the_pool_cap_are_closed() {
     assert_eq!(web.connections(), 4, "the burst needed four upstream connections");
     until_upstream_connections_open(&weft, 1, "all but one idle upstream connection to close").await;
 }
+
+/// Reads one HTTP/1.1 request off a raw upstream connection: its head, then its body as the head
+/// frames it (a length, or chunks to the last one). `None` when the connection ends first.
+async fn read_raw_request(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let body_end = if head.contains("transfer-encoding: chunked") {
+                pending.windows(5).position(|w| w == b"0\r\n\r\n").map(|at| at + 5)
+            } else {
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                (pending.len() >= end + 4 + length).then_some(end + 4 + length)
+            };
+            if let Some(body_end) = body_end {
+                let request: Vec<u8> = pending.drain(..body_end).collect();
+                return Some(String::from_utf8_lossy(&request).into_owned());
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_http1_upstream_gets_bodies_framed_as_sent_and_its_answers_are_read_as_framed() {
+    use tokio::io::AsyncWriteExt;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    // `/chunked` answers with a 100 first, then a chunked body in two writes with a trailer;
+    // `/close` with a body that ends when the connection does; the rest with a length.
+    let web = upstream::raw_tcp(move |mut stream| {
+        let log = log.clone();
+        async move {
+            let mut pending = Vec::new();
+            while let Some(request) = read_raw_request(&mut stream, &mut pending).await {
+                let path = request.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                log.lock().unwrap().push(request);
+                match path.as_str() {
+                    "/chunked" => {
+                        let head = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                        stream.write_all(format!("{head}6\r\nhello,\r\n").as_bytes()).await.unwrap();
+                        stream.write_all(b"6\r\n world\r\n0\r\nx-checksum: 42\r\n\r\n").await.unwrap();
+                    }
+                    "/close" => {
+                        stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it, to the close").await.unwrap();
+                        return;
+                    }
+                    _ => stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsized!").await.unwrap(),
+                }
+            }
+        }
+    })
+    .await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
+    let url = |path| weft.url("public", path);
+
+    let chunked =
+        curl_ok(&["-H", "Transfer-Encoding: chunked", "--data-binary", "streamed up", &url("/chunked")]).await;
+    assert_eq!(chunked, "hello, world", "the 100 is skipped, the chunks joined");
+    let sized = curl_ok(&["--data-binary", "abc", &url("/sized")]).await;
+    assert_eq!(sized, "sized!");
+    let to_close = curl_ok(&[&url("/close")]).await;
+    assert_eq!(to_close, "all of it, to the close");
+    let after = curl_ok(&[&url("/after")]).await;
+    assert_eq!(after, "sized!", "a new connection after the one the body closed");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let lower = seen[0].to_ascii_lowercase();
+    assert!(lower.starts_with("post /chunked http/1.1\r\n"), "{}", seen[0]);
+    assert!(lower.contains("\r\ntransfer-encoding: chunked\r\n"), "a chunked upload goes on chunked: {}", seen[0]);
+    assert!(seen[0].ends_with("\r\n\r\nb\r\nstreamed up\r\n0\r\n\r\n"), "{}", seen[0]);
+    assert!(seen[1].to_ascii_lowercase().contains("\r\ncontent-length: 3\r\n"), "{}", seen[1]);
+    assert!(seen[1].ends_with("\r\n\r\nabc"), "{}", seen[1]);
+    assert!(seen[2].starts_with("GET /close HTTP/1.1\r\n"), "{}", seen[2]);
+    assert_eq!(web.connections(), 2, "the chunked and sized exchanges shared a connection; /close ended its own");
+}
+
+#[tokio::test]
+async fn a_get_that_a_reused_connection_closed_under_goes_again_and_a_post_does_not() {
+    use tokio::io::AsyncWriteExt;
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = posts.clone();
+    // Each connection answers its first request, then reads the next and closes without an
+    // answer: the endpoint closing a keep-alive connection just as it is used again.
+    let web = upstream::raw_tcp(move |mut stream| {
+        let counted = counted.clone();
+        async move {
+            let mut pending = Vec::new();
+            let Some(_) = read_raw_request(&mut stream, &mut pending).await else { return };
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            if let Some(second) = read_raw_request(&mut stream, &mut pending).await {
+                if second.starts_with("POST") {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    })
+    .await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
+    assert_eq!(support::get(weft.addr("public"), "/").await.status, 200);
+    let again = support::get(weft.addr("public"), "/").await;
+    assert_eq!((again.status, again.body.as_str()), (200, "ok"), "the GET went again on a new connection");
+    assert_eq!(web.connections(), 2);
+    // A POST may have been acted on: it is not sent twice.
+    let post = raw_exchange(
+        weft.addr("public"),
+        b"POST /order HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(post.status, 502, "{post:?}");
+    assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 1, "the endpoint saw the POST once");
+    assert_eq!(web.connections(), 2, "no new connection was opened for it");
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_before_the_upload_ends_still_gets_all_of_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uploads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = uploads.clone();
+    // Answers as soon as a request's head is in, then reads its body, and serves the next.
+    let web = upstream::raw_tcp(move |mut stream| {
+        let log = log.clone();
+        async move {
+            let mut pending = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await.unwrap();
+                let Some(request) = read_raw_request(&mut stream, &mut pending).await else { return };
+                log.lock().unwrap().push(request.split_once("\r\n\r\n").unwrap().1.to_owned());
+            }
+        }
+    })
+    .await;
+    let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
+    let mut client = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    client.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234").await.unwrap();
+    let early = support::read_response(&mut client).await;
+    assert_eq!((early.status, early.body.as_str()), (200, "early"), "the answer came before the upload ended");
+    client.write_all(b"56789").await.unwrap();
+    support::eventually("the upstream to get the whole upload", || {
+        let uploads = uploads.clone();
+        async move { uploads.lock().unwrap().first().map(String::as_str) == Some("0123456789") }
+    })
+    .await;
+    client.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let next = support::read_response(&mut client).await;
+    assert_eq!((next.status, next.body.as_str()), (200, "early"), "the client's next request is served");
+}

@@ -99,7 +99,7 @@ impl Body for ProxyBody {
         let frame = match &mut this.kind {
             Kind::Empty => None,
             Kind::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Streamed(body) => ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from)),
+            Kind::Streamed(body) => ready!(Pin::new(body).poll_frame(cx)),
             Kind::Filtered(body) => ready!(Pin::new(&mut **body).poll_frame(cx)),
             Kind::Reset => Some(Err("the stream was closed by a filter".into())),
         };

@@ -187,7 +187,7 @@ impl Body for FilteredBody {
                 }
                 Some(Err(error)) => {
                     this.inner = None;
-                    return Poll::Ready(Some(Err(error.into())));
+                    return Poll::Ready(Some(Err(error)));
                 }
                 None => {
                     this.inner = None;

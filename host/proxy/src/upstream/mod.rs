@@ -4,6 +4,7 @@ mod connector;
 mod pool;
 pub mod retry;
 mod slots;
+mod wire;
 
 pub use connector::{ConnectionLimit, Connector, UpstreamStream};
 pub use pool::{Http1Pool, PeerBody};
@@ -59,7 +60,9 @@ impl SendError {
                 UpstreamError::Overloaded
             }
             SendError::Http1(PoolError::Connect(_)) => UpstreamError::Connect,
-            SendError::Http1(PoolError::Exchange(error)) if caused_by::<rustls::Error>(error) => UpstreamError::Connect,
+            SendError::Http1(PoolError::Exchange(error)) if caused_by::<rustls::Error>(&**error) => {
+                UpstreamError::Connect
+            }
             SendError::Http1(PoolError::Exchange(_)) => UpstreamError::Reset,
             SendError::Http2(error) if caused_by::<ConnectionLimit>(error) => UpstreamError::Overloaded,
             SendError::Http2(error) if error.is_connect() || is_tls_refusal(error) => UpstreamError::Connect,
@@ -70,7 +73,7 @@ impl SendError {
     fn error(&self) -> &(dyn std::error::Error + 'static) {
         match self {
             SendError::Http1(PoolError::Connect(error)) => error,
-            SendError::Http1(PoolError::Exchange(error)) => error,
+            SendError::Http1(PoolError::Exchange(error)) => &**error,
             SendError::Http2(error) => error,
         }
     }

@@ -1,27 +1,28 @@
 //! The HTTP/1.1 connections to one endpoint. A request takes the idle connection used last (so
 //! the fewest stay warm), or opens one; a connection goes back when its response body has been
 //! read to the end and the request is all sent (a request never waits on another's upload), and
-//! is closed when the pool has `max_idle_connections` idle already, when it
-//! idled past `idle_timeout`, or when the endpoint closed it.
+//! is closed when the pool has `max_idle_connections` idle already, when it idled past
+//! `idle_timeout`, or when the endpoint closed it.
 //!
 //! weft keeps this pool itself rather than a general client's: an endpoint has one address and
 //! one protocol, so there is nothing to key connections by, and a connection comes back through
-//! its response body instead of a task spawned per request to wait for it (one is spawned only
-//! when the endpoint answered before the request body was all sent).
+//! its response body. No task runs per connection: one watch task per pool, alive only while
+//! connections are idle, is woken by the sockets of idle connections when their endpoint closes
+//! them (and every `idle_timeout`), and lets them go.
 
+use super::wire::{self, Afterwards, BodyReader, Connection, Outgoing};
 use super::Connector;
-use crate::http::ProxyBody;
+use crate::http::{BoxError, ProxyBody};
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 pub struct Http1Pool {
@@ -30,17 +31,22 @@ pub struct Http1Pool {
 
 struct Shared {
     connector: Connector,
-    /// Most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleList>,
     max_idle: usize,
     idle_timeout: Duration,
-    /// Whether a sweep is on its way to close connections that idled too long (one at most,
-    /// and only while some are idle).
-    sweeping: AtomicBool,
+}
+
+#[derive(Default)]
+struct IdleList {
+    /// Most recently used last.
+    connections: Vec<Idle>,
+    /// The watch task's, while it runs: idle sockets wake it.
+    watcher: Option<Waker>,
+    watching: bool,
 }
 
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    connection: Connection,
     since: Instant,
 }
 
@@ -50,58 +56,54 @@ pub enum PoolError {
     /// No connection could be opened.
     Connect(io::Error),
     /// The connection failed while the request was on it.
-    Exchange(hyper::Error),
+    Exchange(BoxError),
 }
 
 impl Http1Pool {
     pub fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> Http1Pool {
-        let idle = Mutex::new(Vec::new());
-        let shared = Shared { connector, idle, max_idle, idle_timeout, sweeping: AtomicBool::new(false) };
+        let shared = Shared { connector, idle: Mutex::default(), max_idle, idle_timeout };
         Http1Pool { shared: Arc::new(shared) }
     }
 
     /// Sends the request on an idle connection or a new one. A request that an idle connection
-    /// closed under before it was written goes on the next one: that race (the endpoint closing
-    /// a keep-alive connection as it is reused) must not fail a request that never left.
+    /// closed under before any answer goes on the next one, when it may be sent twice
+    /// (idempotent, without a body): that race (the endpoint closing a keep-alive connection as
+    /// it is reused) must not fail a request the endpoint never took.
     pub async fn send(&self, mut request: Request<ProxyBody>) -> Result<Response<PeerBody>, PoolError> {
         to_origin_form(&mut request);
-        let reusable = request.method() != Method::CONNECT;
+        if request.method() == Method::CONNECT || request.headers().contains_key(header::UPGRADE) {
+            return Box::pin(self.send_switching(request)).await;
+        }
+        let mut outgoing = Outgoing::new(request).map_err(|e| PoolError::Exchange(e.into()))?;
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
+            let (connection, reused) = match self.checkout() {
+                Some(connection) => (connection, true),
                 // Boxed: opening a connection (the TLS handshake's state above all) is rare, and
                 // its state would otherwise make every request's future as large.
-                None => (Box::pin(self.connect()).await?, false),
+                None => (
+                    Box::pin(self.shared.connector.connect()).await.map(Connection::new).map_err(PoolError::Connect)?,
+                    false,
+                ),
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    // A connection that switched protocols belongs to the tunnel now.
-                    let reusable = reusable && response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let checkin = reusable.then(|| Checkin { pool: Arc::downgrade(&self.shared), sender });
-                    return Ok(response.map(|body| PeerBody::pooled(body, checkin)));
+            match wire::exchange(connection, outgoing).await {
+                Ok((response, reader)) => {
+                    let pool = Arc::downgrade(&self.shared);
+                    return Ok(response.map(|()| PeerBody::from_endpoint(reader, pool)));
                 }
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(PoolError::Exchange(failed.into_error())),
+                Err(failed) => match failed.unsent {
+                    Some(unsent) if reused => outgoing = unsent,
+                    _ => return Err(PoolError::Exchange(failed.error.into())),
                 },
             }
         }
     }
 
-    /// The idle connection used last that is still open and not idle for too long.
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        loop {
-            let Idle { sender, since } = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            // Not ready once idle means closed: the endpoint closed it, or it failed.
-            if since.elapsed() < self.shared.idle_timeout && sender.is_ready() {
-                return Some(sender);
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, PoolError> {
+    /// A request that may switch protocols goes through hyper's client connection, on a
+    /// connection of its own: hyper hands the connection over to the tunnel when the endpoint
+    /// agrees, and a connection that carried such a request is not used again.
+    async fn send_switching(&self, request: Request<ProxyBody>) -> Result<Response<PeerBody>, PoolError> {
         let stream = self.shared.connector.connect().await.map_err(PoolError::Connect)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| PoolError::Connect(io::Error::other(e)))?;
         tokio::spawn(async move {
@@ -109,57 +111,71 @@ impl Http1Pool {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        let response = sender.send_request(request).await.map_err(|e| PoolError::Exchange(e.into()))?;
+        Ok(response.map(PeerBody::from))
+    }
+
+    /// The idle connection used last that is still open and not idle for too long.
+    fn checkout(&self) -> Option<Connection> {
+        let mut noop = Context::from_waker(Waker::noop());
+        loop {
+            let Idle { connection, since } = self.shared.idle().connections.pop()?;
+            if since.elapsed() < self.shared.idle_timeout && connection.still_idle(&mut noop) {
+                return Some(connection);
+            }
+        }
     }
 }
 
 impl Shared {
-    fn checkin(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
-        if sender.is_ready() {
-            return self.keep(sender);
-        }
-        if sender.is_closed() {
-            return;
-        }
-        // The exchange is not over on the wire: the response's end was read before the
-        // connection's task got to it, or the endpoint answered before the request body was all
-        // sent. The connection is idle once that is done; until then no request may wait on it.
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.keep(sender);
-                }
-            }
-        });
+    fn idle(&self) -> MutexGuard<'_, IdleList> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn keep(self: &Arc<Self>, sender: SendRequest<ProxyBody>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= self.max_idle {
+    fn keep(self: &Arc<Self>, connection: Connection) {
+        let mut idle = self.idle();
+        if idle.connections.len() >= self.max_idle {
             return;
         }
-        idle.push(Idle { sender, since: Instant::now() });
-        if !self.sweeping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        match idle.watcher.as_ref() {
+            // The watcher hears of the endpoint closing it.
+            Some(watcher) if !connection.still_idle(&mut Context::from_waker(watcher)) => return,
+            Some(_) => {}
+            None if !idle.watching => {
+                idle.watching = true;
+                tokio::spawn(watch(Arc::downgrade(self), self.idle_timeout));
+            }
+            // The watch task is starting: it looks at every idle connection when it does.
+            None => {}
         }
+        idle.connections.push(Idle { connection, since: Instant::now() });
     }
 }
 
-/// Closes, every `idle_timeout`, the connections idle that long (or closed by the endpoint);
-/// ends when none are idle, or the pool is gone (a reload replaced its cluster).
-async fn sweep(pool: Weak<Shared>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(shared) = pool.upgrade() else { return };
-        let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| c.since.elapsed() < every && c.sender.is_ready());
-        if idle.is_empty() {
-            // Under the lock, so a connection checked in now starts the next sweep.
-            shared.sweeping.store(false, Ordering::Relaxed);
-            return;
+/// Lets go of idle connections that the endpoint closed (their sockets wake this task), and
+/// every `idle_timeout` of those idle that long; ends when none are idle, or the pool is gone
+/// (a reload replaced its cluster).
+async fn watch(pool: Weak<Shared>, every: Duration) {
+    let mut tick = Box::pin(tokio::time::sleep(every));
+    poll_fn(|cx| {
+        let Some(shared) = pool.upgrade() else { return Poll::Ready(()) };
+        while tick.as_mut().poll(cx).is_ready() {
+            let next = tick.deadline() + every;
+            tick.as_mut().reset(next);
         }
-    }
+        let mut idle = shared.idle();
+        idle.connections.retain(|c| c.since.elapsed() < every && c.connection.still_idle(cx));
+        if idle.connections.is_empty() {
+            // Under the lock, so a connection kept from now on starts the next watch.
+            *idle = IdleList::default();
+            return Poll::Ready(());
+        }
+        if !idle.watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            idle.watcher = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// HTTP/1.1 names the request's target by its path alone, and its authority in `Host`.
@@ -178,69 +194,90 @@ fn to_origin_form(request: &mut Request<ProxyBody>) {
     }
 }
 
-/// Puts a connection back in its pool.
-struct Checkin {
-    pool: Weak<Shared>,
-    sender: SendRequest<ProxyBody>,
-}
-
-impl Checkin {
-    fn give_back(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.sender);
-        }
-    }
-}
-
-/// A body streamed from a peer. An upstream response's gives its connection back to the pool
-/// once read to the end; one dropped before that closes the connection with it.
+/// A body streamed from a peer: a client's request body, or an upstream's response body. An
+/// HTTP/1.1 endpoint's gives its connection back to the pool once read to the end; one dropped
+/// before that closes the connection with it.
 pub struct PeerBody {
-    body: Incoming,
-    checkin: Option<Checkin>,
+    source: Source,
+}
+
+enum Source {
+    /// Read by hyper (a client's request, an HTTP/2 or upgraded upstream's response).
+    Hyper(Incoming),
+    Endpoint {
+        reader: BodyReader,
+        pool: Weak<Shared>,
+    },
 }
 
 impl PeerBody {
-    fn pooled(body: Incoming, checkin: Option<Checkin>) -> PeerBody {
-        let mut body = PeerBody { body, checkin };
-        if body.body.is_end_stream() {
+    fn from_endpoint(reader: BodyReader, pool: Weak<Shared>) -> PeerBody {
+        let mut body = PeerBody { source: Source::Endpoint { reader, pool } };
+        if body.is_end_stream() {
             body.give_back();
         }
         body
     }
 
     fn give_back(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
-            checkin.give_back();
+        let Source::Endpoint { reader, pool } = &mut self.source else { return };
+        let Some(pool) = pool.upgrade() else { return };
+        match reader.finish() {
+            Afterwards::Idle(connection) => pool.keep(connection),
+            Afterwards::AfterUpload(upload) => {
+                // The endpoint answered before the request was all sent: the connection is
+                // idle once it is; until then no request may wait on it.
+                let pool = Arc::downgrade(&pool);
+                tokio::spawn(async move {
+                    if let (Some(connection), Some(pool)) = (upload.await, pool.upgrade()) {
+                        pool.keep(connection);
+                    }
+                });
+            }
+            Afterwards::Closed => {}
         }
     }
 }
 
 impl From<Incoming> for PeerBody {
     fn from(body: Incoming) -> PeerBody {
-        PeerBody { body, checkin: None }
+        PeerBody { source: Source::Hyper(body) }
     }
 }
 
 impl Body for PeerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) if !this.body.is_end_stream() => {}
-            Some(Err(_)) => this.checkin = None,
-            Some(Ok(_)) | None => this.give_back(),
+        match &mut this.source {
+            Source::Hyper(body) => {
+                Poll::Ready(ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from)))
+            }
+            Source::Endpoint { reader, .. } => {
+                let frame = ready!(reader.poll_frame(cx));
+                match &frame {
+                    Some(Ok(_)) if !reader.is_end_stream() => {}
+                    Some(Err(_)) => {}
+                    Some(Ok(_)) | None => this.give_back(),
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.source {
+            Source::Hyper(body) => body.is_end_stream(),
+            Source::Endpoint { reader, .. } => reader.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.source {
+            Source::Hyper(body) => body.size_hint(),
+            Source::Endpoint { reader, .. } => reader.size_hint(),
+        }
     }
 }
