@@ -104,21 +104,21 @@ impl Outgoing {
             ),
         };
         let empty = body.is_end_stream();
-        let (framing, added): (Framing, Option<String>) = match (declared, body.size_hint().exact()) {
+        // The framing, and the field that says it when the request does not.
+        let (framing, says): (Framing, Option<(&str, u64)>) = match (declared, body.size_hint().exact()) {
             (Some(length), _) => (Framing::Length(length), None),
             (None, Some(0)) | (None, None) if empty => {
                 // Methods whose body means something say it is empty; others say nothing.
                 let says = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-                (Framing::Length(0), says.then(|| "content-length: 0\r\n".to_owned()))
+                (Framing::Length(0), says.then_some(("content-length: ", 0)))
             }
-            (None, Some(length)) => (Framing::Length(length), Some(format!("content-length: {length}\r\n"))),
-            (None, None) => (Framing::Chunked, Some("transfer-encoding: chunked\r\n".to_owned())),
+            (None, Some(length)) => (Framing::Length(length), Some(("content-length: ", length))),
+            (None, None) => (Framing::Chunked, Some(("transfer-encoding: chunked", 0))),
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let method = parts.method.as_str();
         let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-        let mut head =
-            Vec::with_capacity(method.len() + target.len() + 13 + fields + added.as_ref().map_or(0, String::len) + 2);
+        let mut head = Vec::with_capacity(method.len() + target.len() + fields + 64);
         head.extend_from_slice(method.as_bytes());
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
@@ -129,8 +129,17 @@ impl Outgoing {
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        if let Some(added) = added {
-            head.extend_from_slice(added.as_bytes());
+        match (says, framing) {
+            (Some((field, length)), Framing::Length(_)) => {
+                head.extend_from_slice(field.as_bytes());
+                head.extend_from_slice(itoa(length, &mut [0; 20]));
+                head.extend_from_slice(b"\r\n");
+            }
+            (Some((field, _)), Framing::Chunked) => {
+                head.extend_from_slice(field.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            (None, _) => {}
         }
         head.extend_from_slice(b"\r\n");
         let replayable = empty
@@ -215,6 +224,42 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    framing: Said,
+}
+
+/// What a response head says of its framing and its connection, gathered as it is parsed (a
+/// lookup by name afterwards costs a hash each).
+#[derive(Default)]
+struct Said {
+    /// `Content-Length`, once every value has agreed; `Err` when one did not, or was no number.
+    content_length: Option<Result<u64, ()>>,
+    /// `Transfer-Encoding`: whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Said {
+    fn field(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::CONTENT_LENGTH {
+            for item in value.split(|&b| b == b',') {
+                let n = std::str::from_utf8(item).ok().and_then(|t| t.trim().parse::<u64>().ok()).ok_or(());
+                self.content_length = Some(match (self.content_length, n) {
+                    (None, n) => n,
+                    (Some(Ok(a)), Ok(b)) if a == b => Ok(a),
+                    _ => Err(()),
+                });
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -251,9 +296,13 @@ impl Inner {
 /// The first complete final response head in `read`, taken out of it; `None` while partial.
 fn parse_head(read: &mut BytesMut) -> io::Result<Option<Head>> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let length = match response.parse(read) {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -273,9 +322,11 @@ fn parse_head(read: &mut BytesMut) -> io::Result<Option<Head>> {
         // head's bytes instead of being copied.
         let base = read.as_ptr() as usize;
         let mut fields_at = Vec::with_capacity(response.headers.len());
+        let mut framing = Said::default();
         for field in response.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| invalid_data("invalid header name in the response"))?;
+            framing.field(&name, field.value);
             let at = field.value.as_ptr() as usize - base;
             fields_at.push((name, at..at + field.value.len()));
         }
@@ -286,34 +337,34 @@ fn parse_head(read: &mut BytesMut) -> io::Result<Option<Head>> {
                 .map_err(|_| invalid_data("invalid header value in the response"))?;
             headers.append(name, value);
         }
-        return Ok(Some(Head { status, version, headers }));
+        return Ok(Some(Head { status, version, headers, framing }));
     }
 }
 
 impl Head {
     /// The response, and how to read its body (RFC 9112 §6.3).
     fn into_response(self, head_request: bool) -> io::Result<(Response<()>, BodyReader)> {
-        let Head { status, version, headers } = self;
+        let Head { status, version, headers, framing } = self;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(invalid_data("the endpoint switched protocols though no upgrade was asked for"));
         }
         let mut keep_alive = match version {
-            Version::HTTP_10 => connection_says(&headers, "keep-alive"),
-            _ => !connection_says(&headers, "close"),
+            Version::HTTP_10 => framing.keep_alive,
+            _ => !framing.close,
         };
         let decoder = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Decoder::Length(0)
-        } else if let Some(codings) = last_value(&headers, header::TRANSFER_ENCODING) {
+        } else if let Some(chunked) = framing.transfer_encoding {
             // A length beside a coding is a message smuggling could hide in: not used again.
-            keep_alive &= !headers.contains_key(header::CONTENT_LENGTH);
-            if codings.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked")) {
+            keep_alive &= framing.content_length.is_none();
+            if chunked {
                 Decoder::Chunked(Chunk::Size)
             } else {
                 keep_alive = false;
                 Decoder::UntilClose
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            Decoder::Length(content_length(&headers)?)
+        } else if let Some(length) = framing.content_length {
+            Decoder::Length(length.map_err(|()| invalid_data("invalid content-length in the response"))?)
         } else {
             keep_alive = false;
             Decoder::UntilClose
@@ -326,37 +377,12 @@ impl Head {
     }
 }
 
-/// Whether a `Connection` field lists `token`.
-fn connection_says(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|value| value.to_str().is_ok_and(|text| text.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-}
-
-fn last_value(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
-    headers.get_all(name).iter().next_back().map(|value| value.to_str().unwrap_or(""))
-}
-
-/// The response's `Content-Length`: every value (repeated, or listed) must be the same number.
-fn content_length(headers: &HeaderMap) -> io::Result<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| invalid_data("invalid content-length in the response"))?;
-        for item in text.split(',') {
-            let n = item.trim().parse::<u64>().map_err(|_| invalid_data("invalid content-length in the response"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(invalid_data("conflicting content-lengths in the response"));
-            }
-            length = Some(n);
-        }
-    }
-    length.ok_or_else(|| invalid_data("invalid content-length in the response"))
-}
-
 /// The request going out: its head, then its body as the body yields it.
 struct Upload {
-    /// Encoded bytes waiting for the socket, in order.
+    /// What is left to write of the request head (kept out of the queue, which a request
+    /// without a body then never allocates).
+    head: Bytes,
+    /// Encoded body bytes waiting for the socket after the head, in order.
     queue: VecDeque<Bytes>,
     queued: usize,
     /// `None` once the body has ended (its end is in the queue).
@@ -369,18 +395,14 @@ static CRLF: &[u8] = b"\r\n";
 
 impl Upload {
     fn new(outgoing: Outgoing) -> Upload {
-        let queued = outgoing.head.len();
-        let mut upload = Upload {
-            queue: VecDeque::from([outgoing.head]),
-            queued,
+        Upload {
+            queued: outgoing.head.len(),
+            head: outgoing.head,
+            queue: VecDeque::new(),
             body: outgoing.body,
             framing: outgoing.framing,
             trailers: None,
-        };
-        if upload.body.is_none() && upload.framing == Framing::Chunked {
-            upload.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
         }
-        upload
     }
 
     /// Writes what there is; ready once the whole request is on the wire.
@@ -404,20 +426,25 @@ impl Upload {
                     }
                 }
             }
-            if self.queue.is_empty() {
+            if self.queued == 0 {
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 return if self.body.is_none() { Poll::Ready(Ok(())) } else { Poll::Pending };
             }
             let mut slices = [IoSlice::new(&[]); 8];
-            let count = self.queue.len().min(slices.len());
-            for (slice, bytes) in slices.iter_mut().zip(self.queue.iter()) {
+            let pieces = std::iter::once(&self.head).filter(|head| !head.is_empty()).chain(self.queue.iter());
+            let mut count = 0;
+            for (slice, bytes) in slices.iter_mut().zip(pieces) {
                 *slice = IoSlice::new(bytes);
+                count += 1;
             }
             let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queued -= written;
+            let from_head = written.min(self.head.len());
+            let _ = self.head.split_to(from_head);
+            written -= from_head;
             while written > 0 {
                 let front = self.queue.front_mut().expect("written bytes were queued");
                 if written < front.len() {
@@ -677,6 +704,19 @@ fn take_line(read: &mut BytesMut) -> io::Result<Option<BytesMut>> {
         }
         None if read.len() > MAX_LINE => Err(invalid_data("a line of the chunked response body is too long")),
         None => Ok(None),
+    }
+}
+
+/// `n` in decimal, written into `room` (no allocation, unlike `format!`).
+fn itoa(mut n: u64, room: &mut [u8; 20]) -> &[u8] {
+    let mut at = room.len();
+    loop {
+        at -= 1;
+        room[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &room[at..];
+        }
     }
 }
 
