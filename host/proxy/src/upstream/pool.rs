@@ -226,11 +226,16 @@ impl PeerBody {
             Afterwards::Idle(connection) => pool.keep(connection),
             Afterwards::AfterUpload(upload) => {
                 // The endpoint answered before the request was all sent: the connection is
-                // idle once it is; until then no request may wait on it.
+                // idle once it is; until then no request may wait on it. An upload that stalls
+                // longer than a connection may idle closes it (it holds a place in
+                // `max_connections`).
+                let limit = pool.idle_timeout;
                 let pool = Arc::downgrade(&pool);
                 tokio::spawn(async move {
-                    if let (Some(connection), Some(pool)) = (upload.await, pool.upgrade()) {
-                        pool.keep(connection);
+                    if let Ok(Some(connection)) = tokio::time::timeout(limit, upload).await {
+                        if let Some(pool) = pool.upgrade() {
+                            pool.keep(connection);
+                        }
                     }
                 });
             }

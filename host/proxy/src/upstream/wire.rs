@@ -56,15 +56,16 @@ impl Connection {
     /// Costs no system call unless the socket has something to say.
     pub fn still_idle(&self, cx: &mut Context<'_>) -> bool {
         let tcp = self.inner.io.tcp();
-        match tcp.poll_read_ready(cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness may be left over from the last read: a read that would block clears it.
-            Poll::Ready(Ok(())) => match tcp.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.poll_read_ready(cx).is_pending(),
-                _ => false,
-            },
+        // `try_read` reads only when the socket was seen readable (readiness left over from the
+        // last read is cleared by a read that would block). Unlike `poll_read_ready`, it answers
+        // whatever the task's scheduling budget, which would make a closed socket look idle.
+        match tcp.try_read(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return false,
         }
+        // Only to be woken: a spent budget answers `Pending` without registering, and the
+        // next sweep or checkout looks again.
+        tcp.poll_read_ready(cx).is_pending()
     }
 }
 
@@ -103,7 +104,11 @@ impl Outgoing {
                     .ok_or_else(|| invalid_input("the request's content-length is not a number"))?,
             ),
         };
-        let empty = body.is_end_stream();
+        // A body of a known length of nought (a buffer of nothing) is no body, as an ended one.
+        let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        if empty && declared.is_some_and(|length| length > 0) {
+            return Err(invalid_input("the request has no body but its content-length is not 0"));
+        }
         // The framing, and the field that says it when the request does not.
         let (framing, says): (Framing, Option<(&str, u64)>) = match (declared, body.size_hint().exact()) {
             (Some(length), _) => (Framing::Length(length), None),
@@ -187,22 +192,33 @@ pub async fn exchange(connection: Connection, outgoing: Outgoing) -> Result<(Res
         if let Some(sending) = upload.as_mut() {
             match sending.poll(cx, &mut inner.io) {
                 Poll::Ready(Ok(())) => upload = None,
-                Poll::Ready(Err(error)) => {
+                Poll::Ready(Err(UploadError::Wire(error))) => {
                     upload = None;
                     upload_failed = Some(error);
                 }
+                // The endpoint waits for a body that will not come whole: no answer to wait for.
+                Poll::Ready(Err(UploadError::Body(error))) => return Poll::Ready(Err((error, false))),
                 Poll::Pending => {}
             }
         }
-        inner.poll_head(cx)
+        inner.poll_head(cx).map_err(|error| (error, true))
     })
     .await;
     let head = match head {
         Ok(head) => head,
-        Err(error) => {
+        Err((error, false)) => return Err(Failed { error, unsent: None }),
+        Err((error, true)) => {
             // The endpoint may have answered a request it would not take whole, then closed;
-            // without an answer, what broke the upload is the story.
-            let nothing_came = error.kind() == io::ErrorKind::UnexpectedEof && inner.read.is_empty();
+            // without an answer, what broke the upload is the story. A connection closed or
+            // reset before any byte came back is one the endpoint let go of as it was reused.
+            let closed = matches!(
+                error.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            );
+            let nothing_came = closed && inner.read.is_empty();
             let error = upload_failed.filter(|_| nothing_came).unwrap_or(error);
             return Err(Failed { error, unsent: replay.filter(|_| nothing_came) });
         }
@@ -344,7 +360,7 @@ fn parse_head(read: &mut BytesMut) -> io::Result<Option<Head>> {
 impl Head {
     /// The response, and how to read its body (RFC 9112 §6.3).
     fn into_response(self, head_request: bool) -> io::Result<(Response<()>, BodyReader)> {
-        let Head { status, version, headers, framing } = self;
+        let Head { status, version, mut headers, framing } = self;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(invalid_data("the endpoint switched protocols though no upgrade was asked for"));
         }
@@ -355,8 +371,12 @@ impl Head {
         let decoder = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Decoder::Length(0)
         } else if let Some(chunked) = framing.transfer_encoding {
-            // A length beside a coding is a message smuggling could hide in: not used again.
-            keep_alive &= framing.content_length.is_none();
+            // A length beside a coding is a message smuggling could hide in: the connection is
+            // not used again, and the length does not travel on (RFC 9112 §6.3).
+            if framing.content_length.is_some() {
+                keep_alive = false;
+                headers.remove(header::CONTENT_LENGTH);
+            }
             if chunked {
                 Decoder::Chunked(Chunk::Size)
             } else {
@@ -393,6 +413,14 @@ struct Upload {
 
 static CRLF: &[u8] = b"\r\n";
 
+/// Why an upload stopped.
+enum UploadError {
+    /// The request body failed, or did not match its length: the request cannot go on.
+    Body(io::Error),
+    /// The connection would not take it: the endpoint may have answered and closed.
+    Wire(io::Error),
+}
+
 impl Upload {
     fn new(outgoing: Outgoing) -> Upload {
         Upload {
@@ -406,7 +434,7 @@ impl Upload {
     }
 
     /// Writes what there is; ready once the whole request is on the wire.
-    fn poll(&mut self, cx: &mut Context<'_>, io: &mut UpstreamStream) -> Poll<io::Result<()>> {
+    fn poll(&mut self, cx: &mut Context<'_>, io: &mut UpstreamStream) -> Poll<Result<(), UploadError>> {
         loop {
             // What the body has at hand goes out with what is queued (the head, first time).
             while self.queued < GATHER {
@@ -415,19 +443,20 @@ impl Upload {
                     Poll::Pending => break,
                     Poll::Ready(Some(Ok(frame))) => {
                         let at_end = body.is_end_stream();
-                        self.push(frame)?;
+                        self.push(frame).map_err(UploadError::Body)?;
                         if at_end {
-                            self.end()?;
+                            self.end().map_err(UploadError::Body)?;
                         }
                     }
-                    Poll::Ready(None) => self.end()?,
+                    Poll::Ready(None) => self.end().map_err(UploadError::Body)?,
                     Poll::Ready(Some(Err(error))) => {
-                        return Poll::Ready(Err(io::Error::other(format!("the request body broke off: {error}"))))
+                        let error = io::Error::other(format!("the request body broke off: {error}"));
+                        return Poll::Ready(Err(UploadError::Body(error)));
                     }
                 }
             }
             if self.queued == 0 {
-                ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(UploadError::Wire)?;
                 return if self.body.is_none() { Poll::Ready(Ok(())) } else { Poll::Pending };
             }
             let mut slices = [IoSlice::new(&[]); 8];
@@ -437,9 +466,10 @@ impl Upload {
                 *slice = IoSlice::new(bytes);
                 count += 1;
             }
-            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            let mut written =
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])).map_err(UploadError::Wire)?;
             if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(UploadError::Wire(io::ErrorKind::WriteZero.into())));
             }
             self.queued -= written;
             let from_head = written.min(self.head.len());
@@ -827,6 +857,12 @@ mod tests {
         let (_, keep) =
             framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", false).unwrap();
         assert!(!keep, "length and chunks together: not used again");
+        let (response, _) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .into_response(false)
+            .unwrap();
+        assert!(!response.headers().contains_key("content-length"), "the length does not travel on beside chunks");
         assert!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n", false).is_err());
         assert!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", false).is_err());
         assert!(framing(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
@@ -854,5 +890,11 @@ mod tests {
         assert!(
             Outgoing::new(Request::post("/").header("content-length", "x").body(ProxyBody::empty()).unwrap()).is_err()
         );
+        // A buffer of nothing (a retried request's) is no body: no length field, and may go again.
+        let nothing = Outgoing::new(Request::get("/").body(ProxyBody::full(Bytes::new())).unwrap()).unwrap();
+        assert_eq!(&nothing.head[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert!(nothing.body.is_none() && nothing.replayable);
+        let missing = Request::post("/").header("content-length", "5").body(ProxyBody::empty()).unwrap();
+        assert!(Outgoing::new(missing).is_err(), "a length the body cannot fill is refused before it is sent");
     }
 }
