@@ -117,10 +117,9 @@ impl Http1Pool {
 
     /// The idle connection used last that is still open and not idle for too long.
     fn checkout(&self) -> Option<Connection> {
-        let mut noop = Context::from_waker(Waker::noop());
         loop {
             let Idle { connection, since } = self.shared.idle().connections.pop()?;
-            if since.elapsed() < self.shared.idle_timeout && connection.still_idle(&mut noop) {
+            if since.elapsed() < self.shared.idle_timeout && connection.is_idle() {
                 return Some(connection);
             }
         }

@@ -52,20 +52,20 @@ impl Connection {
     }
 
     /// Whether the connection, idle since its last exchange, still is: the endpoint has sent
-    /// nothing on it (a close, or bytes no request asked for). `cx` is woken when it does.
-    /// Costs no system call unless the socket has something to say.
-    pub fn still_idle(&self, cx: &mut Context<'_>) -> bool {
-        let tcp = self.inner.io.tcp();
+    /// nothing on it (a close, or bytes no request asked for). Costs no system call unless the
+    /// socket has something to say.
+    pub fn is_idle(&self) -> bool {
         // `try_read` reads only when the socket was seen readable (readiness left over from the
         // last read is cleared by a read that would block). Unlike `poll_read_ready`, it answers
         // whatever the task's scheduling budget, which would make a closed socket look idle.
-        match tcp.try_read(&mut [0u8; 1]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return false,
-        }
+        matches!(self.inner.io.tcp().try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// [`Connection::is_idle`], and `cx` is woken when the endpoint sends something on it.
+    pub fn still_idle(&self, cx: &mut Context<'_>) -> bool {
         // Only to be woken: a spent budget answers `Pending` without registering, and the
         // next sweep or checkout looks again.
-        tcp.poll_read_ready(cx).is_pending()
+        self.is_idle() && self.inner.io.tcp().poll_read_ready(cx).is_pending()
     }
 }
 
@@ -105,20 +105,21 @@ impl Outgoing {
             ),
         };
         // A body of a known length of nought (a buffer of nothing) is no body, as an ended one.
-        let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let exact = body.size_hint().exact();
+        let empty = body.is_end_stream() || exact == Some(0);
         if empty && declared.is_some_and(|length| length > 0) {
             return Err(invalid_input("the request has no body but its content-length is not 0"));
         }
-        // The framing, and the field that says it when the request does not.
-        let (framing, says): (Framing, Option<(&str, u64)>) = match (declared, body.size_hint().exact()) {
-            (Some(length), _) => (Framing::Length(length), None),
-            (None, Some(0)) | (None, None) if empty => {
-                // Methods whose body means something say it is empty; others say nothing.
-                let says = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-                (Framing::Length(0), says.then_some(("content-length: ", 0)))
+        // The framing, and whether weft writes the field that says it (the request's own does
+        // when it has one).
+        let (framing, spelled) = match (declared, exact) {
+            (Some(length), _) => (Framing::Length(length), false),
+            // Methods whose body means something say it is empty; others say nothing.
+            (None, _) if empty => {
+                (Framing::Length(0), matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
             }
-            (None, Some(length)) => (Framing::Length(length), Some(("content-length: ", length))),
-            (None, None) => (Framing::Chunked, Some(("transfer-encoding: chunked", 0))),
+            (None, Some(length)) => (Framing::Length(length), true),
+            (None, None) => (Framing::Chunked, true),
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let method = parts.method.as_str();
@@ -128,25 +129,18 @@ impl Outgoing {
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in parts.headers.iter() {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        match (says, framing) {
-            (Some((field, length)), Framing::Length(_)) => {
-                head.extend_from_slice(field.as_bytes());
-                head.extend_from_slice(itoa(length, &mut [0; 20]));
-                head.extend_from_slice(b"\r\n");
+        put_fields(&mut head, &parts.headers);
+        if spelled {
+            match framing {
+                Framing::Length(length) => {
+                    head.extend_from_slice(b"content-length: ");
+                    head.extend_from_slice(itoa(length, &mut [0; 20]));
+                    head.extend_from_slice(CRLF);
+                }
+                Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             }
-            (Some((field, _)), Framing::Chunked) => {
-                head.extend_from_slice(field.as_bytes());
-                head.extend_from_slice(b"\r\n");
-            }
-            (None, _) => {}
         }
-        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(CRLF);
         let replayable = empty
             && matches!(
                 parts.method,
@@ -525,11 +519,8 @@ impl Upload {
             Framing::Length(_) => Err(invalid_input("the request body ended before its content-length")),
             Framing::Chunked => {
                 let mut last = b"0\r\n".to_vec();
-                for (name, value) in self.trailers.take().iter().flatten() {
-                    last.extend_from_slice(name.as_str().as_bytes());
-                    last.extend_from_slice(b": ");
-                    last.extend_from_slice(value.as_bytes());
-                    last.extend_from_slice(CRLF);
+                if let Some(trailers) = self.trailers.take() {
+                    put_fields(&mut last, &trailers);
                 }
                 last.extend_from_slice(CRLF);
                 self.queue_bytes(Bytes::from(last));
@@ -734,6 +725,17 @@ fn take_line(read: &mut BytesMut) -> io::Result<Option<BytesMut>> {
         }
         None if read.len() > MAX_LINE => Err(invalid_data("a line of the chunked response body is too long")),
         None => Ok(None),
+    }
+}
+
+/// Header fields as HTTP/1.1 writes them, a `name: value` line each (a request head's, or the
+/// trailers in a chunked body's last chunk).
+fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(CRLF);
     }
 }
 
