@@ -138,6 +138,29 @@ async fn past_max_connections_requests_are_answered_overloaded_when_none_may_wai
     assert_eq!(web.connections(), 1, "the limit held");
 }
 
+#[tokio::test]
+async fn past_max_connections_an_idle_connection_to_another_endpoint_makes_room() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    // The connect timeout is long, so that a request waiting for a place would be seen waiting.
+    let breaker = "    connect_timeout: 10s\n    circuit_breaker: { max_connections: 1, max_pending: 0 }";
+    let weft = Weft::start(&one_cluster(&[a.endpoint(), b.endpoint()], breaker)).await;
+    let addr = weft.addr("public");
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let answer = get(addr, "/").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "served without waiting for a place");
+        answered.push(answer.header("x-upstream").unwrap_or_default());
+    }
+    assert_eq!(answered, ["a", "b", "a", "b"], "round robin over both endpoints");
+    assert_eq!((a.connections(), b.connections()), (2, 2), "each turn closed the other endpoint's idle connection");
+    let metrics = weft.metrics().await;
+    assert_eq!(metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}"), Some(1.0), "the limit held");
+    let overloaded = metric(&metrics, "weft_upstream_overloaded_total{cluster=\"web\"}").unwrap_or(0.0);
+    assert_eq!(overloaded, 0.0, "nothing was refused");
+}
+
 /// An upstream that holds every request until the test lets one through (`gate.add_permits`).
 async fn gated() -> (support::upstream::Upstream, Arc<tokio::sync::Semaphore>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));

@@ -56,6 +56,11 @@ impl Connector {
         Connector { address, tls, timeout, budget, created }
     }
 
+    /// The cluster's count of open connections, this connector's among them.
+    pub fn budget(&self) -> &ConnectionBudget {
+        &self.budget
+    }
+
     /// A connection to the endpoint, TLS if configured. Also used by the tcp path.
     pub async fn connect(&self) -> io::Result<UpstreamStream> {
         let deadline = tokio::time::Instant::now() + self.timeout;

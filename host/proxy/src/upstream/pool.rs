@@ -2,7 +2,8 @@
 //! the fewest stay warm), or opens one; a connection goes back when its response body has been
 //! read to the end and the request is all sent (a request never waits on another's upload), and
 //! is closed when the pool has `max_idle_connections` idle already, when it idled past
-//! `idle_timeout`, or when the endpoint closed it.
+//! `idle_timeout`, when the endpoint closed it, or when the cluster's `max_connections` are
+//! open and another endpoint needs one (the connection idle longest goes).
 //!
 //! weft keeps this pool itself rather than a general client's: an endpoint has one address and
 //! one protocol, so there is nothing to key connections by, and a connection comes back through
@@ -10,6 +11,7 @@
 //! connections are idle, is woken by the sockets of idle connections when their endpoint closes
 //! them (and every `idle_timeout`), and lets them go.
 
+use super::slots::IdleConnections;
 use super::wire::{self, Afterwards, BodyReader, Connection, Outgoing};
 use super::Connector;
 use crate::http::{BoxError, ProxyBody};
@@ -61,8 +63,10 @@ pub enum PoolError {
 
 impl Http1Pool {
     pub fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> Http1Pool {
-        let shared = Shared { connector, idle: Mutex::default(), max_idle, idle_timeout };
-        Http1Pool { shared: Arc::new(shared) }
+        let shared = Arc::new(Shared { connector, idle: Mutex::default(), max_idle, idle_timeout });
+        let idle: Weak<dyn IdleConnections> = Arc::downgrade(&shared) as Weak<Shared>;
+        shared.connector.budget().share_idle(idle);
+        Http1Pool { shared }
     }
 
     /// Sends the request on an idle connection or a new one. A request that an idle connection
@@ -148,6 +152,24 @@ impl Shared {
             None => {}
         }
         idle.connections.push(Idle { connection, since: Instant::now() });
+    }
+}
+
+impl IdleConnections for Shared {
+    fn longest_idle(&self) -> Option<Duration> {
+        self.idle().connections.first().map(|c| c.since.elapsed())
+    }
+
+    fn close_longest_idle(&self) -> bool {
+        let mut idle = self.idle();
+        if idle.connections.is_empty() {
+            return false;
+        }
+        let closing = idle.connections.remove(0);
+        // Closed outside the lock: the budget hears of it at once.
+        drop(idle);
+        drop(closing);
+        true
     }
 }
 

@@ -2,12 +2,13 @@
 //! time, so a cluster's `max_connections` is also how many of its requests can be on the wire at
 //! once: past that a request waits for its turn (in order), at most `max_pending` of them wait,
 //! and more are refused at once with 503 `overloaded`. [`ConnectionBudget`] keeps the count of
-//! open connections itself, which the connectors of every endpoint of the cluster share.
+//! open connections itself, which the connectors of every endpoint of the cluster share; when
+//! it is full, an idle connection to another endpoint is closed to make room.
 
 use super::UpstreamError;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -74,19 +75,41 @@ pub struct ConnectionBudget {
     open: Gauge,
     max: i64,
     closed: Notify,
+    /// The endpoints' pools, whose idle connections give way to a connection the cluster
+    /// needs elsewhere.
+    pools: Mutex<Vec<Weak<dyn IdleConnections>>>,
+}
+
+/// A pool of connections to one endpoint, as the budget sees it.
+pub trait IdleConnections: Send + Sync {
+    /// How long its longest-idle connection has idled; `None` when none is idle.
+    fn longest_idle(&self) -> Option<Duration>;
+    /// Closes its longest-idle connection; false when none was idle any more.
+    fn close_longest_idle(&self) -> bool;
 }
 
 impl ConnectionBudget {
     pub fn new(open: Gauge, max_connections: u32) -> Arc<ConnectionBudget> {
-        Arc::new(ConnectionBudget { open, max: i64::from(max_connections), closed: Notify::new() })
+        Arc::new(ConnectionBudget {
+            open,
+            max: i64::from(max_connections),
+            closed: Notify::new(),
+            pools: Mutex::default(),
+        })
     }
 
-    /// Counts a connection about to be opened, waiting until `deadline` for one to close when
-    /// the cluster has `max_connections` open. The wait covers a finished request's connection
-    /// that is closing (an answer with `Connection: close`, an abandoned body) while the next
-    /// request already asks for one. It does not watch the pool: a connection that comes back
-    /// idle meanwhile is not handed to this request (HTTP/1.1 connections normally come back
-    /// before their request's turn passes on, so the next turn finds them idle).
+    /// Lets the budget close the pool's idle connections when another endpoint needs the room.
+    pub fn share_idle(&self, pool: Weak<dyn IdleConnections>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.push(pool);
+    }
+
+    /// Counts a connection about to be opened. When the cluster has `max_connections` open,
+    /// the connection idle longest (of any endpoint: the caller's own had none idle, or it
+    /// would not open one) is closed for it; when none is idle, this waits until `deadline`
+    /// for one to close: a finished request's connection that is closing (an answer with
+    /// `Connection: close`, an abandoned body) while the next request already asks for one.
     pub async fn open(&self, deadline: Instant) -> bool {
         loop {
             let closed = self.closed.notified();
@@ -97,10 +120,23 @@ impl ConnectionBudget {
                 return true;
             }
             self.open.dec();
+            if self.close_longest_idle() {
+                continue;
+            }
             if tokio::time::timeout_at(deadline, closed).await.is_err() {
                 return false;
             }
         }
+    }
+
+    /// Closes the connection idle longest in the cluster; false when none is idle.
+    fn close_longest_idle(&self) -> bool {
+        // Pools are looked at outside the lock: closing a connection calls back into the budget.
+        let pools: Vec<Arc<dyn IdleConnections>> =
+            self.pools.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        let longest =
+            pools.iter().filter_map(|pool| Some((pool.longest_idle()?, pool))).max_by_key(|(idled, _)| *idled);
+        longest.is_some_and(|(_, pool)| pool.close_longest_idle())
     }
 
     /// A connection counted by [`ConnectionBudget::open`] closed (or was never made).
@@ -163,5 +199,46 @@ mod tests {
         budget.close();
         assert!(waiter.await.unwrap(), "the closed connection's place went to the waiting one");
         assert_eq!(budget.open.get(), 1);
+    }
+
+    /// A pool holding idle connections that idled so long, each counted in the budget.
+    struct FakePool {
+        budget: Arc<ConnectionBudget>,
+        idled: Mutex<Vec<Duration>>,
+    }
+
+    impl IdleConnections for FakePool {
+        fn longest_idle(&self) -> Option<Duration> {
+            self.idled.lock().unwrap().first().copied()
+        }
+
+        fn close_longest_idle(&self) -> bool {
+            let closed = self.idled.lock().unwrap().pop().is_some();
+            if closed {
+                self.budget.close();
+            }
+            closed
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_closes_the_connection_idle_longest_in_the_cluster() {
+        let budget = ConnectionBudget::new(Gauge::default(), 2);
+        let pool = |idled: u64| {
+            Arc::new(FakePool { budget: budget.clone(), idled: Mutex::new(vec![Duration::from_secs(idled)]) })
+        };
+        let (recent, long) = (pool(1), pool(30));
+        let as_idle = |pool: &Arc<FakePool>| Arc::downgrade(pool) as Weak<FakePool> as Weak<dyn IdleConnections>;
+        budget.share_idle(as_idle(&recent));
+        budget.share_idle(as_idle(&long));
+        for _ in 0..2 {
+            assert!(budget.open(Instant::now()).await);
+        }
+        assert!(budget.open(Instant::now()).await, "an idle connection made room at once");
+        assert_eq!(long.longest_idle(), None, "the one idle longest went");
+        assert_eq!(recent.longest_idle(), Some(Duration::from_secs(1)));
+        assert!(budget.open(Instant::now()).await, "then the other");
+        assert!(!budget.open(Instant::now()).await, "none idle: the limit holds");
+        assert_eq!(budget.open.get(), 2);
     }
 }
