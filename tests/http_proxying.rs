@@ -511,36 +511,6 @@ async fn idle_connections_past_the_pool_cap_are_closed() {
     until_upstream_connections_open(&weft, 1, "all but one idle upstream connection to close").await;
 }
 
-/// Reads one HTTP/1.1 request off a raw upstream connection: its head, then its body as the head
-/// frames it (a length, or chunks to the last one). `None` when the connection ends first.
-async fn read_raw_request(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Option<String> {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-            let body_end = if head.contains("transfer-encoding: chunked") {
-                pending.windows(5).position(|w| w == b"0\r\n\r\n").map(|at| at + 5)
-            } else {
-                let length = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length: "))
-                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
-                (pending.len() >= end + 4 + length).then_some(end + 4 + length)
-            };
-            if let Some(body_end) = body_end {
-                let request: Vec<u8> = pending.drain(..body_end).collect();
-                return Some(String::from_utf8_lossy(&request).into_owned());
-            }
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        pending.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test]
 async fn an_http1_upstream_gets_bodies_framed_as_sent_and_its_answers_are_read_as_framed() {
     use tokio::io::AsyncWriteExt;
@@ -552,7 +522,7 @@ async fn an_http1_upstream_gets_bodies_framed_as_sent_and_its_answers_are_read_a
         let log = log.clone();
         async move {
             let mut pending = Vec::new();
-            while let Some(request) = read_raw_request(&mut stream, &mut pending).await {
+            while let Some(request) = upstream::read_raw_request(&mut stream, &mut pending).await {
                 let path = request.split_whitespace().nth(1).unwrap_or_default().to_owned();
                 log.lock().unwrap().push(request);
                 match path.as_str() {
@@ -607,9 +577,9 @@ async fn a_get_that_a_reused_connection_closed_under_goes_again_and_a_post_does_
         let counted = counted.clone();
         async move {
             let mut pending = Vec::new();
-            let Some(_) = read_raw_request(&mut stream, &mut pending).await else { return };
+            let Some(_) = upstream::read_raw_request(&mut stream, &mut pending).await else { return };
             stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-            if let Some(second) = read_raw_request(&mut stream, &mut pending).await {
+            if let Some(second) = upstream::read_raw_request(&mut stream, &mut pending).await {
                 if second.starts_with("POST") {
                     counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -652,7 +622,7 @@ async fn an_upstream_that_answers_before_the_upload_ends_still_gets_all_of_it() 
                     }
                 }
                 stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await.unwrap();
-                let Some(request) = read_raw_request(&mut stream, &mut pending).await else { return };
+                let Some(request) = upstream::read_raw_request(&mut stream, &mut pending).await else { return };
                 log.lock().unwrap().push(request.split_once("\r\n\r\n").unwrap().1.to_owned());
             }
         }

@@ -5,9 +5,9 @@
 mod support;
 
 use support::certs::Ca;
-use support::upstream::{echo, echo_with, tcp_echo};
+use support::upstream::{echo, echo_with, raw_tcp, read_raw_request, tcp_echo};
 use support::weft::metric;
-use support::{curl, curl_ok, eventually, get, TempDir, Weft, PATIENCE};
+use support::{curl, curl_ok, eventually, get, raw_exchange, TempDir, Weft, PATIENCE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const FRONTEND: &str = "spiffe://weft.local/ns/default/sa/frontend";
@@ -204,6 +204,92 @@ clusters:
     assert_eq!(response.status, 502, "{response:?}");
     assert_eq!(response.header("x-weft-error").as_deref(), Some("upstream connect failure"));
     assert_eq!(secure.requests(), 1, "the unverified upstream got no request");
+}
+
+/// weft with listener `public` in front of `upstream` over TLS, trusting the test CA.
+fn over_tls_to(upstream: &support::upstream::Upstream, cluster_setting: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - {{ name: public, address: "127.0.0.1:0", cluster: secure }}
+clusters:
+  - name: secure
+    endpoints: ["{}"]
+    {cluster_setting}
+    tls:
+      ca: test-ca.pem
+      server_name: localhost
+"#,
+        upstream.endpoint()
+    )
+}
+
+/// An upstream over TLS that ends each connection after one answer by TLS alone: its
+/// close_notify goes out with the answer, in one write, and the TCP connection stays open.
+/// weft reads both at once, so the socket shows nothing more; a POST sent on that connection
+/// again would be lost (502).
+#[tokio::test]
+async fn a_tls_upstream_that_closes_with_its_answer_gets_the_next_request_on_a_new_connection() {
+    let dir = TempDir::new("close-notify");
+    let ca = Ca::new(dir.path(), "test");
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server(dir.path(), "upstream", &[]).server_config(None, &[]));
+    let upstream = raw_tcp(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else { return };
+            if read_raw_request(&mut tls, &mut Vec::new()).await.is_none() {
+                return;
+            }
+            let (tcp, session) = tls.get_mut();
+            std::io::Write::write_all(&mut session.writer(), b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                .unwrap();
+            session.send_close_notify();
+            let mut wire = Vec::new();
+            while session.wants_write() {
+                session.write_tls(&mut wire).unwrap();
+            }
+            tcp.write_all(&wire).await.unwrap();
+            // Held open until weft lets go of it: TLS alone said the connection is over.
+            let _ = tcp.read(&mut [0u8; 1]).await;
+        }
+    })
+    .await;
+    let weft = Weft::start_in(dir, &over_tls_to(&upstream, "")).await;
+    for n in 1..=2 {
+        let post = b"POST /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+        let answer = raw_exchange(weft.addr("public"), post).await;
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok\n"), "POST {n}: {answer:?}");
+        assert_eq!(upstream.connections(), n, "each POST went on a connection of its own");
+    }
+}
+
+#[tokio::test]
+async fn a_tls_upstream_connection_weft_lets_go_of_ends_with_close_notify() {
+    let dir = TempDir::new("tls-end");
+    let ca = Ca::new(dir.path(), "test");
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server(dir.path(), "upstream", &[]).server_config(None, &[]));
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = raw_tcp(move |stream| {
+        let (acceptor, ended_tx) = (acceptor.clone(), ended_tx.clone());
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else { return };
+            if read_raw_request(&mut tls, &mut Vec::new()).await.is_none() {
+                return;
+            }
+            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await.unwrap();
+            tls.flush().await.unwrap();
+            // A clean end reads as the end of the stream; a TCP close without close_notify is
+            // an error (UnexpectedEof).
+            let end = tls.read(&mut [0u8; 64]).await.map_err(|e| e.kind());
+            let _ = ended_tx.send(end);
+        }
+    })
+    .await;
+    // No idle connections are kept: the connection goes as soon as its answer is read.
+    let weft = Weft::start_in(dir, &over_tls_to(&upstream, "max_idle_connections: 0")).await;
+    assert_eq!(get(weft.addr("public"), "/").await.status, 200);
+    let end = tokio::time::timeout(PATIENCE, ended.recv()).await.expect("weft closed the connection in time");
+    assert_eq!(end, Some(Ok(0)), "the upstream read close_notify, not a cut connection");
 }
 
 /// An upstream that requires client certificates from the test CA, and weft in front of it with

@@ -187,6 +187,38 @@ where
     Upstream { addr, connections, requests: Arc::new(AtomicUsize::new(0)), task }
 }
 
+/// Reads one HTTP/1.1 request off a raw upstream connection: its head, then its body as the head
+/// frames it (a length, or chunks to the last one). `None` when the connection ends first.
+pub async fn read_raw_request<S>(stream: &mut S, pending: &mut Vec<u8>) -> Option<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let body_end = if head.contains("transfer-encoding: chunked") {
+                pending.windows(5).position(|w| w == b"0\r\n\r\n").map(|at| at + 5)
+            } else {
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                (pending.len() >= end + 4 + length).then_some(end + 4 + length)
+            };
+            if let Some(body_end) = body_end {
+                let request: Vec<u8> = pending.drain(..body_end).collect();
+                return Some(String::from_utf8_lossy(&request).into_owned());
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// An address where nothing listens.
 pub fn closed_port() -> SocketAddr {
     format!("127.0.0.1:{}", super::free_port()).parse().unwrap()

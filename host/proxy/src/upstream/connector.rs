@@ -130,9 +130,49 @@ impl UpstreamStream {
     }
 }
 
+impl UpstreamStream {
+    /// Whether TLS holds nothing read from the endpoint and not yet taken: no plaintext and no
+    /// close_notify. rustls reads ahead, so these can sit above a socket that shows nothing more.
+    /// Plain TCP holds nothing.
+    pub fn holds_nothing_read(&mut self) -> bool {
+        match &mut self.stream {
+            Stream::Plain(_) => true,
+            Stream::Tls(tls) => tls
+                .get_mut()
+                .1
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed()),
+        }
+    }
+}
+
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
+        if let Stream::Tls(tls) = &mut self.stream {
+            // TLS ends with close_notify, so that the endpoint can tell an end from a cut.
+            // Written if the socket takes it now; a connection is not held open for it.
+            let (tcp, session) = tls.get_mut();
+            session.send_close_notify();
+            while session.wants_write() {
+                if !matches!(session.write_tls(&mut WriteNow(tcp)), Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
         self.budget.close();
+    }
+}
+
+/// Writes what the socket takes without waiting; `WouldBlock` otherwise.
+struct WriteNow<'a>(&'a TcpStream);
+
+impl io::Write for WriteNow<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.try_write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

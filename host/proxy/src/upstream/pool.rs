@@ -122,7 +122,7 @@ impl Http1Pool {
     /// The idle connection used last that is still open and not idle for too long.
     fn checkout(&self) -> Option<Connection> {
         loop {
-            let Idle { connection, since } = self.shared.idle().connections.pop()?;
+            let Idle { mut connection, since } = self.shared.idle().connections.pop()?;
             if since.elapsed() < self.shared.idle_timeout && connection.is_idle() {
                 return Some(connection);
             }
@@ -135,7 +135,7 @@ impl Shared {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn keep(self: &Arc<Self>, connection: Connection) {
+    fn keep(self: &Arc<Self>, mut connection: Connection) {
         let mut idle = self.idle();
         if idle.connections.len() >= self.max_idle {
             return;
@@ -185,7 +185,7 @@ async fn watch(pool: Weak<Shared>, every: Duration) {
             tick.as_mut().reset(next);
         }
         let mut idle = shared.idle();
-        idle.connections.retain(|c| c.since.elapsed() < every && c.connection.still_idle(cx));
+        idle.connections.retain_mut(|c| c.since.elapsed() < every && c.connection.still_idle(cx));
         if idle.connections.is_empty() {
             // Under the lock, so a connection kept from now on starts the next watch.
             *idle = IdleList::default();

@@ -52,17 +52,18 @@ impl Connection {
     }
 
     /// Whether the connection, idle since its last exchange, still is: the endpoint has sent
-    /// nothing on it (a close, or bytes no request asked for). Costs no system call unless the
-    /// socket has something to say.
-    pub fn is_idle(&self) -> bool {
+    /// nothing on it (a close, TLS's close_notify, or bytes no request asked for). Costs no
+    /// system call unless the socket has something to say.
+    pub fn is_idle(&mut self) -> bool {
         // `try_read` reads only when the socket was seen readable (readiness left over from the
         // last read is cleared by a read that would block). Unlike `poll_read_ready`, it answers
         // whatever the task's scheduling budget, which would make a closed socket look idle.
-        matches!(self.inner.io.tcp().try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.inner.io.holds_nothing_read()
+            && matches!(self.inner.io.tcp().try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// [`Connection::is_idle`], and `cx` is woken when the endpoint sends something on it.
-    pub fn still_idle(&self, cx: &mut Context<'_>) -> bool {
+    pub fn still_idle(&mut self, cx: &mut Context<'_>) -> bool {
         // Only to be woken: a spent budget answers `Pending` without registering, and the
         // next sweep or checkout looks again.
         self.is_idle() && self.inner.io.tcp().poll_read_ready(cx).is_pending()
