@@ -603,12 +603,12 @@ async fn a_get_that_a_reused_connection_closed_under_goes_again_and_a_post_does_
     assert_eq!(web.connections(), 2, "no new connection was opened for it");
 }
 
-#[tokio::test]
-async fn an_upstream_that_answers_before_the_upload_ends_still_gets_all_of_it() {
+/// An upstream that answers "early" as soon as a request's head is in, then reads its body,
+/// and serves the next; the bodies it read are in the log.
+async fn answering_early() -> (upstream::Upstream, Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uploads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let log = uploads.clone();
-    // Answers as soon as a request's head is in, then reads its body, and serves the next.
     let web = upstream::raw_tcp(move |mut stream| {
         let log = log.clone();
         async move {
@@ -628,6 +628,13 @@ async fn an_upstream_that_answers_before_the_upload_ends_still_gets_all_of_it() 
         }
     })
     .await;
+    (web, uploads)
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_before_the_upload_ends_still_gets_all_of_it() {
+    use tokio::io::AsyncWriteExt;
+    let (web, uploads) = answering_early().await;
     let weft = Weft::start(&one_cluster(&[web.endpoint()])).await;
     let mut client = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
     client.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234").await.unwrap();
@@ -642,4 +649,35 @@ async fn an_upstream_that_answers_before_the_upload_ends_still_gets_all_of_it() 
     client.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let next = support::read_response(&mut client).await;
     assert_eq!((next.status, next.body.as_str()), (200, "early"), "the client's next request is served");
+}
+
+#[tokio::test]
+async fn at_max_connections_a_connection_back_from_its_upload_makes_room_for_a_waiting_request() {
+    use tokio::io::AsyncWriteExt;
+    let (web, uploads) = answering_early().await;
+    // One connection in all, and a connect timeout long enough that a request left waiting
+    // for a place would be seen waiting.
+    let cluster = format!(
+        "  - name: web\n    endpoints: [\"{}\"]\n    connect_timeout: 10s\n    circuit_breaker: {{ max_connections: 1 }}\n",
+        web.endpoint()
+    );
+    let weft = Weft::start(&simple_config(&cluster)).await;
+    let mut uploading = tokio::net::TcpStream::connect(weft.addr("public")).await.unwrap();
+    uploading.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234").await.unwrap();
+    let early = support::read_response(&mut uploading).await;
+    assert_eq!(early.status, 200, "the answer came before the upload ended");
+    // The one connection is still taking the upload: the next request waits for a place.
+    let started = std::time::Instant::now();
+    let addr = weft.addr("public");
+    let next = tokio::spawn(async move { support::get(addr, "/next").await });
+    support::eventually("the next request to be on its way to the endpoint", || async {
+        weft.admin_json("/clusters").await["clusters"][0]["endpoints"][0]["in_flight"] == 1
+    })
+    .await;
+    uploading.write_all(b"56789").await.unwrap();
+    let next = next.await.unwrap();
+    assert_eq!((next.status, next.body.as_str()), (200, "early"), "served once the upload was done");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "not left waiting out the connect timeout");
+    assert_eq!(uploads.lock().unwrap().first().map(String::as_str), Some("0123456789"));
+    assert_eq!(web.connections(), 2, "the upload's connection closed to make room");
 }

@@ -152,6 +152,8 @@ impl Shared {
             None => {}
         }
         idle.connections.push(Idle { connection, since: Instant::now() });
+        drop(idle);
+        self.connector.budget().idled();
     }
 }
 

@@ -3,7 +3,7 @@
 //! once: past that a request waits for its turn (in order), at most `max_pending` of them wait,
 //! and more are refused at once with 503 `overloaded`. [`ConnectionBudget`] keeps the count of
 //! open connections itself, which the connectors of every endpoint of the cluster share; when
-//! it is full, an idle connection to another endpoint is closed to make room.
+//! it is full, the connection idle longest is closed to make room.
 
 use super::UpstreamError;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
@@ -74,7 +74,8 @@ pub struct ConnectionBudget {
     /// Open connections (`weft_upstream_connections_active`).
     open: Gauge,
     max: i64,
-    closed: Notify,
+    /// A connection closed, or came back idle while the cluster was full.
+    room: Notify,
     /// The endpoints' pools, whose idle connections give way to a connection the cluster
     /// needs elsewhere.
     pools: Mutex<Vec<Weak<dyn IdleConnections>>>,
@@ -93,7 +94,7 @@ impl ConnectionBudget {
         Arc::new(ConnectionBudget {
             open,
             max: i64::from(max_connections),
-            closed: Notify::new(),
+            room: Notify::new(),
             pools: Mutex::default(),
         })
     }
@@ -106,15 +107,16 @@ impl ConnectionBudget {
     }
 
     /// Counts a connection about to be opened. When the cluster has `max_connections` open,
-    /// the connection idle longest (of any endpoint: the caller's own had none idle, or it
-    /// would not open one) is closed for it; when none is idle, this waits until `deadline`
-    /// for one to close: a finished request's connection that is closing (an answer with
-    /// `Connection: close`, an abandoned body) while the next request already asks for one.
+    /// the connection idle longest (to any endpoint: the caller's own had none idle when it
+    /// asked, though one may have come back since) is closed for it; when none is idle, this waits until `deadline`
+    /// for one to close or come back idle: a finished request's connection that is closing
+    /// (an answer with `Connection: close`, an abandoned body) or still taking the request's
+    /// body (the endpoint answered early) while the next request already asks for one.
     pub async fn open(&self, deadline: Instant) -> bool {
         loop {
-            let closed = self.closed.notified();
-            tokio::pin!(closed);
-            closed.as_mut().enable();
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
             // Counted before the connection is made, so that a burst cannot pass the limit.
             if self.open.inc() < self.max {
                 return true;
@@ -123,7 +125,7 @@ impl ConnectionBudget {
             if self.close_longest_idle() {
                 continue;
             }
-            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return false;
             }
         }
@@ -142,7 +144,15 @@ impl ConnectionBudget {
     /// A connection counted by [`ConnectionBudget::open`] closed (or was never made).
     pub fn close(&self) {
         self.open.dec();
-        self.closed.notify_one();
+        self.room.notify_one();
+    }
+
+    /// A connection came back idle: a request waiting while the cluster has `max_connections`
+    /// open may close it for its own.
+    pub fn idled(&self) {
+        if self.open.get() >= self.max {
+            self.room.notify_one();
+        }
     }
 }
 
