@@ -679,5 +679,4 @@ async fn at_max_connections_a_connection_back_from_its_upload_makes_room_for_a_w
     assert_eq!((next.status, next.body.as_str()), (200, "early"), "served once the upload was done");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "not left waiting out the connect timeout");
     assert_eq!(uploads.lock().unwrap().first().map(String::as_str), Some("0123456789"));
-    assert_eq!(web.connections(), 2, "the upload's connection closed to make room");
 }

@@ -153,7 +153,7 @@ async fn past_max_connections_an_idle_connection_to_another_endpoint_makes_room(
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "served without waiting for a place");
         answered.push(answer.header("x-upstream").unwrap_or_default());
     }
-    assert_eq!(answered, ["a", "b", "a", "b"], "round robin over both endpoints");
+    assert!(answered.windows(2).all(|pair| pair[0] != pair[1]), "round robin over both endpoints: {answered:?}");
     assert_eq!((a.connections(), b.connections()), (2, 2), "each turn closed the other endpoint's idle connection");
     let metrics = weft.metrics().await;
     assert_eq!(metric(&metrics, "weft_upstream_connections_active{cluster=\"web\"}"), Some(1.0), "the limit held");

@@ -83,7 +83,7 @@ impl Connector {
         match connected {
             Ok(stream) => {
                 self.created.inc();
-                Ok(UpstreamStream { stream, budget: self.budget.clone() })
+                Ok(UpstreamStream { stream, budget: self.budget.clone(), between_exchanges: false })
             }
             Err(error) => {
                 self.budget.close();
@@ -118,6 +118,8 @@ enum Stream {
 pub struct UpstreamStream {
     stream: Stream,
     budget: Arc<ConnectionBudget>,
+    /// Idle in a pool: no exchange is on it.
+    between_exchanges: bool,
 }
 
 impl UpstreamStream {
@@ -128,9 +130,7 @@ impl UpstreamStream {
             Stream::Tls(tls) => tls.get_ref().0,
         }
     }
-}
 
-impl UpstreamStream {
     /// Whether TLS holds nothing read from the endpoint and not yet taken: no plaintext and no
     /// close_notify. rustls reads ahead, so these can sit above a socket that shows nothing more.
     /// Plain TCP holds nothing.
@@ -144,13 +144,19 @@ impl UpstreamStream {
                 .is_ok_and(|state| state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed()),
         }
     }
+
+    /// Marks the connection as between exchanges (idle in a pool), or not. Closed while it is,
+    /// a TLS connection says so with close_notify: nothing of an exchange is cut.
+    pub fn set_between_exchanges(&mut self, between: bool) {
+        self.between_exchanges = between;
+    }
 }
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
-        if let Stream::Tls(tls) = &mut self.stream {
-            // TLS ends with close_notify, so that the endpoint can tell an end from a cut.
-            // Written if the socket takes it now; a connection is not held open for it.
+        if let (Stream::Tls(tls), true) = (&mut self.stream, self.between_exchanges) {
+            // The endpoint can tell this end from a cut (any other drop is one, and reads as
+            // one). Written if the socket takes it now; a connection is not held open for it.
             let (tcp, session) = tls.get_mut();
             session.send_close_notify();
             while session.wants_write() {

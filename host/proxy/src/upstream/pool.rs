@@ -3,7 +3,7 @@
 //! read to the end and the request is all sent (a request never waits on another's upload), and
 //! is closed when the pool has `max_idle_connections` idle already, when it idled past
 //! `idle_timeout`, when the endpoint closed it, or when the cluster's `max_connections` are
-//! open and another endpoint needs one (the connection idle longest goes).
+//! open and a request needs a new one (the cluster's connection idle longest goes).
 //!
 //! weft keeps this pool itself rather than a general client's: an endpoint has one address and
 //! one protocol, so there is nothing to key connections by, and a connection comes back through
@@ -124,6 +124,7 @@ impl Http1Pool {
         loop {
             let Idle { mut connection, since } = self.shared.idle().connections.pop()?;
             if since.elapsed() < self.shared.idle_timeout && connection.is_idle() {
+                connection.set_idle(false);
                 return Some(connection);
             }
         }
@@ -136,6 +137,7 @@ impl Shared {
     }
 
     fn keep(self: &Arc<Self>, mut connection: Connection) {
+        connection.set_idle(true);
         let mut idle = self.idle();
         if idle.connections.len() >= self.max_idle {
             return;

@@ -136,9 +136,10 @@ impl ConnectionBudget {
         // Pools are looked at outside the lock: closing a connection calls back into the budget.
         let pools: Vec<Arc<dyn IdleConnections>> =
             self.pools.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
-        let longest =
-            pools.iter().filter_map(|pool| Some((pool.longest_idle()?, pool))).max_by_key(|(idled, _)| *idled);
-        longest.is_some_and(|(_, pool)| pool.close_longest_idle())
+        let mut idling: Vec<_> = pools.iter().filter_map(|pool| Some((pool.longest_idle()?, pool))).collect();
+        idling.sort_unstable_by_key(|(idled, _)| std::cmp::Reverse(*idled));
+        // A pool's last idle connection may have been taken since: then the next pool's goes.
+        idling.into_iter().any(|(_, pool)| pool.close_longest_idle())
     }
 
     /// A connection counted by [`ConnectionBudget::open`] closed (or was never made).
@@ -223,7 +224,12 @@ mod tests {
         }
 
         fn close_longest_idle(&self) -> bool {
-            let closed = self.idled.lock().unwrap().pop().is_some();
+            let mut idled = self.idled.lock().unwrap();
+            let closed = !idled.is_empty();
+            if closed {
+                idled.remove(0);
+            }
+            drop(idled);
             if closed {
                 self.budget.close();
             }
@@ -250,5 +256,24 @@ mod tests {
         assert!(budget.open(Instant::now()).await, "then the other");
         assert!(!budget.open(Instant::now()).await, "none idle: the limit holds");
         assert_eq!(budget.open.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_room_takes_a_connection_that_comes_back_idle() {
+        let budget = ConnectionBudget::new(Gauge::default(), 1);
+        let pool = Arc::new(FakePool { budget: budget.clone(), idled: Mutex::new(Vec::new()) });
+        budget.share_idle(Arc::downgrade(&pool) as Weak<FakePool> as Weak<dyn IdleConnections>);
+        assert!(budget.open(Instant::now()).await, "the one connection, busy");
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.open(Instant::now() + Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no room while the connection is busy");
+        pool.idled.lock().unwrap().push(Duration::ZERO);
+        budget.idled();
+        assert!(waiter.await.unwrap(), "the connection back idle was closed for the waiting one");
+        assert_eq!(pool.longest_idle(), None);
+        assert_eq!(budget.open.get(), 1);
     }
 }

@@ -62,6 +62,11 @@ impl Connection {
             && matches!(self.inner.io.tcp().try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Marks the connection as idle in a pool (closed then, it ends cleanly), or taken out.
+    pub fn set_idle(&mut self, idle: bool) {
+        self.inner.io.set_between_exchanges(idle);
+    }
+
     /// [`Connection::is_idle`], and `cx` is woken when the endpoint sends something on it.
     pub fn still_idle(&mut self, cx: &mut Context<'_>) -> bool {
         // Only to be woken: a spent budget answers `Pending` without registering, and the
