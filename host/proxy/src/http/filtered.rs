@@ -9,7 +9,6 @@ use crate::upstream::PeerBody;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -46,12 +45,12 @@ impl FilteredBody {
     /// A request body: a filter's answer during it goes to `local_reply`, and the upstream
     /// request is abandoned.
     pub fn request(
-        inner: Incoming,
+        inner: PeerBody,
         chain: ChainStreams,
         limit: usize,
         local_reply: oneshot::Sender<BodyAnswer>,
     ) -> Self {
-        FilteredBody::new(inner.into(), chain, Direction::Request, limit, Some(local_reply))
+        FilteredBody::new(inner, chain, Direction::Request, limit, Some(local_reply))
     }
 
     /// A response body: its head is already on its way, so a filter can only cut it off.

@@ -4,6 +4,7 @@
 mod body;
 mod exchange;
 mod filtered;
+pub(crate) mod h1_text;
 mod headers;
 mod local_reply;
 
@@ -18,12 +19,11 @@ use crate::cluster::{hash_bytes, hash_ip, Cluster};
 use crate::listener::Downstream;
 use crate::metrics::{ClusterLabels, ListenerLabels};
 use crate::snapshot::{ListenerState, Snapshot};
-use crate::upstream::{self, retry, UpstreamError};
+use crate::upstream::{self, retry, PeerBody, UpstreamError};
 use crate::Shared;
 use exchange::{AccessLogFields, Exchange};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl From<UpstreamError> for LocalReply {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<Downstream>,
-    request: Request<Incoming>,
+    request: Request<PeerBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // The config in force now, unless this connection's listener is gone from it (it is draining).
     let current = shared.snapshot.load_full();
@@ -99,7 +99,7 @@ async fn proxy(
     snapshot: &Snapshot,
     listener: &ListenerState,
     conn: &Downstream,
-    mut request: Request<Incoming>,
+    mut request: Request<PeerBody>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, LocalReply> {
     let limits = &listener.config.limits;

@@ -9,12 +9,14 @@
 //! starts a new session. That is *parking*. TLS connections are not parked: rustls can hold
 //! decrypted bytes that the socket's readiness does not show.
 
+use super::fast_path;
 use super::replay::Replay;
 use super::Downstream;
 use crate::http::{BoxError, ProxyBody};
 use crate::metrics::ListenerLabels;
 use crate::snapshot::ListenerState;
 use crate::tcp::Socket;
+use crate::upstream::PeerBody;
 use crate::Shared;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -37,7 +39,7 @@ use weft_config::ListenerLimits;
 /// How long an HTTP/1 connection idles before it parks. Short, so that idle connections cost
 /// little even while many arrive at once; long enough that a busy connection parks at most a
 /// few times a second (a new session costs about as much as a small part of one request).
-const PARK_AFTER: Duration = Duration::from_millis(100);
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -91,8 +93,9 @@ where
     let header_bytes = state.config.limits.max_request_header_size.bytes() as usize;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new()).max_header_list_size((header_bytes * 2).min(u32::MAX as usize) as u32);
-    let service =
-        hyper::service::service_fn(move |request| Box::pin(crate::http::handle(shared.clone(), conn.clone(), request)));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        Box::pin(crate::http::handle(shared.clone(), conn.clone(), request.map(PeerBody::from)))
+    });
     let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -107,7 +110,7 @@ where
 }
 
 /// Resolves once the listener stops (or is gone).
-async fn stop_signal(stopped: &mut Stopped) {
+pub(super) async fn stop_signal(stopped: &mut Stopped) {
     while stopped.borrow_and_update().is_none() {
         if stopped.changed().await.is_err() {
             return;
@@ -120,6 +123,8 @@ struct Http1 {
     conn: Arc<Downstream>,
     builder: hyper::server::conn::http1::Builder,
     header_read_timeout: Duration,
+    /// The largest request head hyper reads (its read buffer's limit).
+    max_head: usize,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
     stopped: Stopped,
@@ -141,6 +146,7 @@ impl Http1 {
             conn,
             builder: http1_builder(&state.config.limits),
             header_read_timeout: state.config.limits.header_read_timeout.get(),
+            max_head: max_head(&state.config.limits),
             activity: Arc::default(),
             shared,
             stopped,
@@ -165,6 +171,33 @@ impl Http1 {
             .get_or_create(&ListenerLabels { listener: self.listener.clone() })
             .clone();
         loop {
+            // weft's own session serves the connection until a request it leaves to hyper.
+            let own = Box::pin(fast_path::serve(
+                io,
+                ahead,
+                fast_path::Server {
+                    shared: &self.shared,
+                    conn: &self.conn,
+                    stopped: &mut self.stopped,
+                    header_read_timeout: self.header_read_timeout,
+                    max_head: self.max_head,
+                    parkable,
+                },
+            ))
+            .await;
+            (io, ahead) = match own {
+                fast_path::Ended::HandOver(io, ahead) => (io, ahead),
+                fast_path::Ended::Parked(io) => {
+                    if !self.park(&io, &parked_gauge).await {
+                        return;
+                    }
+                    (io, Bytes::new())
+                }
+                fast_path::Ended::Closed(io) => return Box::pin(self.release(Box::new(io))).await,
+            };
+            if ahead.is_empty() {
+                continue;
+            }
             // Boxed: the session's state (hyper's connection, its buffers, the poll loop) is
             // given back before the connection parks; the task keeps only what parking needs.
             // Bound before it is awaited, so that the unboxed block is not kept in the task too.
@@ -185,11 +218,7 @@ impl Http1 {
                     return;
                 }
                 Ended::Released { parked: true } if ahead.is_empty() => {
-                    let Some(tcp) = io.bare_tcp() else { continue };
-                    parked_gauge.inc();
-                    let woke = self.wait_parked(tcp).await;
-                    parked_gauge.dec();
-                    if !woke {
+                    if !self.park(&io, &parked_gauge).await {
                         return;
                     }
                 }
@@ -201,6 +230,15 @@ impl Http1 {
                 }
             }
         }
+    }
+
+    /// Parks the connection until its client sends more; false when it should close instead.
+    async fn park<IO: Socket>(&mut self, io: &IO, parked_gauge: &prometheus_client::metrics::gauge::Gauge) -> bool {
+        let Some(tcp) = io.bare_tcp() else { return true };
+        parked_gauge.inc();
+        let woke = self.wait_parked(tcp).await;
+        parked_gauge.dec();
+        woke
     }
 
     /// The socket after its last session: an upgrade the request path is waiting for takes it;
@@ -277,14 +315,17 @@ impl Http1 {
 /// hyper's own limits sit above weft's, so requests just over weft's limit get weft's 431
 /// with its `x-weft-error`; hyper's cruder refusal only meets far larger abuse.
 fn http1_builder(limits: &ListenerLimits) -> hyper::server::conn::http1::Builder {
-    let header_bytes = limits.max_request_header_size.bytes() as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
         .max_headers(limits.max_request_headers as usize * 2 + 16)
-        .max_buf_size((header_bytes * 2).max(16 * 1024));
+        .max_buf_size(max_head(limits));
     builder
+}
+
+fn max_head(limits: &ListenerLimits) -> usize {
+    (limits.max_request_header_size.bytes() as usize * 2).max(16 * 1024)
 }
 
 /// What hyper had read and not parsed, then what was still in front of the socket. Copied:
@@ -305,7 +346,7 @@ async fn respond(
     request: Request<Incoming>,
     open: OpenExchange,
 ) -> Result<Response<Counted>, Infallible> {
-    let response = crate::http::handle(shared, conn, request).await?;
+    let response = crate::http::handle(shared, conn, request.map(PeerBody::from)).await?;
     Ok(response.map(|body| Counted { body, _open: open }))
 }
 

@@ -2,6 +2,7 @@
 //! and HTTP (`connection`) or to the tcp path, and drain on stop: no new connections, in-flight ones finish.
 
 mod connection;
+mod fast_path;
 mod replay;
 
 use crate::metrics::{ListenerLabels, Name, RejectLabels};

@@ -229,6 +229,8 @@ pub struct PeerBody {
 enum Source {
     /// Read by hyper (a client's request, an HTTP/2 or upgraded upstream's response).
     Hyper(Incoming),
+    /// A client's request body that had arrived whole with its head; `None` once taken.
+    Whole(Option<Bytes>),
     Endpoint {
         reader: BodyReader,
         pool: Weak<Shared>,
@@ -269,6 +271,13 @@ impl PeerBody {
     }
 }
 
+impl PeerBody {
+    /// A client's request body read whole with its head (none when it is empty).
+    pub fn whole(bytes: Bytes) -> PeerBody {
+        PeerBody { source: Source::Whole((!bytes.is_empty()).then_some(bytes)) }
+    }
+}
+
 impl From<Incoming> for PeerBody {
     fn from(body: Incoming) -> PeerBody {
         PeerBody { source: Source::Hyper(body) }
@@ -285,6 +294,7 @@ impl Body for PeerBody {
             Source::Hyper(body) => {
                 Poll::Ready(ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from)))
             }
+            Source::Whole(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
             Source::Endpoint { reader, .. } => {
                 let frame = ready!(reader.poll_frame(cx));
                 match &frame {
@@ -300,6 +310,7 @@ impl Body for PeerBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Hyper(body) => body.is_end_stream(),
+            Source::Whole(bytes) => bytes.is_none(),
             Source::Endpoint { reader, .. } => reader.is_end_stream(),
         }
     }
@@ -307,6 +318,7 @@ impl Body for PeerBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Hyper(body) => body.size_hint(),
+            Source::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Endpoint { reader, .. } => reader.size_hint(),
         }
     }

@@ -9,6 +9,7 @@
 //! still go through hyper, which hands the connection over to the tunnel.
 
 use super::UpstreamStream;
+use crate::http::h1_text::{itoa, put_fields, put_hex, CRLF};
 use crate::http::ProxyBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -411,8 +412,6 @@ struct Upload {
     trailers: Option<HeaderMap>,
 }
 
-static CRLF: &[u8] = b"\r\n";
-
 /// Why an upload stopped.
 enum UploadError {
     /// The request body failed, or did not match its length: the request cannot go on.
@@ -510,7 +509,10 @@ impl Upload {
                 self.queue_bytes(data);
             }
             Framing::Chunked => {
-                self.queue_bytes(Bytes::from(format!("{:x}\r\n", data.len())));
+                let mut size = Vec::with_capacity(18);
+                put_hex(&mut size, data.len());
+                size.extend_from_slice(CRLF);
+                self.queue_bytes(Bytes::from(size));
                 self.queue_bytes(data);
                 self.queue_bytes(Bytes::from_static(CRLF));
             }
@@ -731,30 +733,6 @@ fn take_line(read: &mut BytesMut) -> io::Result<Option<BytesMut>> {
         }
         None if read.len() > MAX_LINE => Err(invalid_data("a line of the chunked response body is too long")),
         None => Ok(None),
-    }
-}
-
-/// Header fields as HTTP/1.1 writes them, a `name: value` line each (a request head's, or the
-/// trailers in a chunked body's last chunk).
-fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(CRLF);
-    }
-}
-
-/// `n` in decimal, written into `room` (no allocation, unlike `format!`).
-fn itoa(mut n: u64, room: &mut [u8; 20]) -> &[u8] {
-    let mut at = room.len();
-    loop {
-        at -= 1;
-        room[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &room[at..];
-        }
     }
 }
 
