@@ -38,6 +38,8 @@ use tokio::time::Sleep;
 /// Header fields a request may have and still be served here; one with more goes to hyper,
 /// whose limit is set from the listener's.
 const MAX_FIELDS: usize = 128;
+/// Fields weft may add to a request before it goes upstream.
+const ADDED_FIELDS: usize = 4;
 /// What a read asks the socket for, at least.
 const READ_ROOM: usize = 1024;
 const READ_GROWTH: usize = 4096;
@@ -264,7 +266,9 @@ impl Head {
     /// The request, its target and values sharing `bytes` (the head, split off what was read).
     fn to_request(&self, bytes: &Bytes) -> Option<Request<()>> {
         let uri = Uri::from_maybe_shared(bytes.slice(self.target.clone())).ok()?;
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for what weft adds on the way (`x-request-id`, `x-forwarded-*`, `host`): a full map
+        // rehashes every field to grow.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + ADDED_FIELDS);
         for (name, range) in &self.fields {
             headers.append(name.clone(), HeaderValue::from_maybe_shared(bytes.slice(range.clone())).ok()?);
         }

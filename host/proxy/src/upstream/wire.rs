@@ -348,7 +348,8 @@ fn parse_head(read: &mut BytesMut) -> io::Result<Option<Head>> {
             fields_at.push((name, at..at + field.value.len()));
         }
         let head = read.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(fields_at.len());
+        // Room for a field or two added on the way back, without a rehash of the map.
+        let mut headers = HeaderMap::with_capacity(fields_at.len() + 2);
         for (name, range) in fields_at {
             let value = HeaderValue::from_maybe_shared(head.slice(range))
                 .map_err(|_| invalid_data("invalid header value in the response"))?;
