@@ -59,9 +59,6 @@ impl Callouts for ClusterCallouts {
             let exchange = async {
                 let response =
                     crate::upstream::send(cluster, &endpoint, &mut in_flight, request, timeout, &shared.metrics).await;
-                if let Some(outcome) = crate::upstream::retry::outcome(&response) {
-                    endpoint.record(outcome);
-                }
                 let (head, body) =
                     response.map_err(|e| crate::http::LocalReply::from(e).reason().to_owned())?.into_parts();
                 let collected = Limited::new(body, MAX_CALLOUT_BODY)

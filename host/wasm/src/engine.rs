@@ -2,7 +2,7 @@
 //! per-call deadlines, and the linker with every hostcall defined once.
 
 use crate::vm::HostState;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use wasmtime::{Config, Engine, Linker, OptLevel};
 
@@ -17,6 +17,62 @@ pub fn deadline_ticks(limit: Duration) -> u64 {
 pub struct WasmEngine {
     engine: Engine,
     linker: Linker<HostState>,
+    ticker: Arc<Ticker>,
+}
+
+/// What the epoch ticker waits on: it ticks only while filter modules are loaded, so a proxy
+/// without filters is not woken 200 times a second for nothing.
+#[derive(Default)]
+struct Ticker {
+    state: Mutex<TickerState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TickerState {
+    /// Live [`Ticking`] guards.
+    modules: usize,
+    /// The [`WasmEngine`] is gone: with no module left, the ticker ends.
+    closed: bool,
+    /// The ticker waits for a module (it does not tick).
+    idle: bool,
+    /// Ticks so far.
+    ticks: u64,
+}
+
+/// Keeps the epoch ticking while it lives; each loaded filter module and each VM holds one.
+pub struct Ticking(Arc<Ticker>);
+
+impl Ticking {
+    fn new(ticker: &Arc<Ticker>) -> Ticking {
+        let mut state = ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.modules += 1;
+        if state.modules == 1 {
+            ticker.changed.notify_all();
+        }
+        Ticking(ticker.clone())
+    }
+}
+
+impl Clone for Ticking {
+    fn clone(&self) -> Ticking {
+        Ticking::new(&self.0)
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.modules -= 1;
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        let mut state = self.ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.closed = true;
+        self.ticker.changed.notify_all();
+    }
 }
 
 impl WasmEngine {
@@ -26,8 +82,14 @@ impl WasmEngine {
         let engine = Engine::new(&config).map_err(|e| format!("cannot start the Wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         crate::hostcalls::define(&mut linker).map_err(|e| format!("cannot define the hostcalls: {e}"))?;
-        spawn_ticker(&engine);
-        Ok(Arc::new(WasmEngine { engine, linker }))
+        let ticker = Arc::new(Ticker::default());
+        spawn_ticker(&engine, ticker.clone());
+        Ok(Arc::new(WasmEngine { engine, linker, ticker }))
+    }
+
+    /// Keeps the epoch advancing (and so guest deadlines enforced) while the guard lives.
+    pub fn ticking(&self) -> Ticking {
+        Ticking::new(&self.ticker)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -48,18 +110,66 @@ impl WasmEngine {
     }
 }
 
-/// Advances the epoch forever (until the engine is dropped), so a guest stuck in a loop is
-/// interrupted at its deadline without any cost on the calls that finish in time.
-fn spawn_ticker(engine: &Engine) {
+/// Advances the epoch while filter modules are loaded (until the engine is dropped), so a guest
+/// stuck in a loop is interrupted at its deadline without any cost on the calls that finish in
+/// time.
+fn spawn_ticker(engine: &Engine, ticker: Arc<Ticker>) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new().name("weft-wasm-epoch".into()).spawn(move || loop {
-        std::thread::sleep(EPOCH_TICK);
-        match weak.upgrade() {
-            Some(engine) => engine.increment_epoch(),
-            None => return,
+        {
+            let mut state = ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            while state.modules == 0 {
+                if state.closed {
+                    return;
+                }
+                state.idle = true;
+                state = ticker.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            state.idle = false;
         }
+        std::thread::sleep(EPOCH_TICK);
+        let Some(engine) = weak.upgrade() else { return };
+        engine.increment_epoch();
+        ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).ticks += 1;
     });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the Wasm deadline ticker; filters that never return will hang requests");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Waits (at most 10 s) until `done` says yes about the ticker's state.
+    fn until(engine: &WasmEngine, done: impl Fn(&TickerState) -> bool) {
+        let started = Instant::now();
+        while !done(&engine.ticker.state.lock().unwrap()) {
+            assert!(started.elapsed() < Duration::from_secs(10), "the ticker did not get there");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_epoch_advances_only_while_modules_are_loaded() {
+        let engine = WasmEngine::new().unwrap();
+        until(&engine, |state| state.idle);
+        assert_eq!(engine.ticker.state.lock().unwrap().ticks, 0, "no module: no tick");
+
+        let module = engine.ticking();
+        let vm = module.clone();
+        until(&engine, |state| state.ticks >= 2);
+        drop(module);
+        let ticks = engine.ticker.state.lock().unwrap().ticks;
+        until(&engine, |state| state.ticks >= ticks + 2);
+        assert!(!engine.ticker.state.lock().unwrap().idle, "a VM still lives: the epoch goes on");
+
+        drop(vm);
+        until(&engine, |state| state.idle);
+        let ticks = engine.ticker.state.lock().unwrap().ticks;
+        let again = engine.ticking();
+        until(&engine, |state| state.ticks > ticks);
+        drop(again);
     }
 }

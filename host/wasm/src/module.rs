@@ -1,7 +1,7 @@
 //! A filter module: compiled once, checked to be a Proxy-Wasm module, linked against the
 //! hostcalls, ready to instantiate quickly (`InstancePre`).
 
-use crate::engine::WasmEngine;
+use crate::engine::{Ticking, WasmEngine};
 use crate::vm::HostState;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -13,6 +13,8 @@ pub struct FilterModule {
     pre: InstancePre<HostState>,
     /// `sha256:<hex>` of the module's bytes.
     pub digest: String,
+    /// Guest calls have deadlines only while the epoch advances.
+    ticking: Ticking,
 }
 
 impl FilterModule {
@@ -56,11 +58,16 @@ impl FilterModule {
         let mut linker = wasm.linker().clone();
         linker.define_unknown_imports_as_traps(&module).map_err(|e| format!("cannot link: {e:#}"))?;
         let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot link: {e:#}"))?;
-        Ok(FilterModule { engine: wasm.engine().clone(), pre, digest })
+        Ok(FilterModule { engine: wasm.engine().clone(), pre, digest, ticking: wasm.ticking() })
     }
 
     pub fn engine(&self) -> Engine {
         self.engine.clone()
+    }
+
+    /// Keeps guest deadlines enforced while the returned guard lives.
+    pub fn ticking(&self) -> Ticking {
+        self.ticking.clone()
     }
 
     pub fn pre(&self) -> &InstancePre<HostState> {

@@ -219,6 +219,9 @@ pub struct Vm {
     root_context: u32,
     next_context: u32,
     limits: CallLimits,
+    /// Deadlines hold only while the epoch advances, which it does while this lives (the VM
+    /// may outlive the module it came from, through a config change).
+    _ticking: crate::engine::Ticking,
 }
 
 /// A top-level call's time limit: in epoch ticks for the store, in milliseconds for the error.
@@ -342,7 +345,7 @@ impl Vm {
             on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close"),
         };
         let limits = CallLimits { deadline_ticks: ticks, time_limit_ms: plugin.time_limit.as_millis() as u64 };
-        let mut vm = Vm { store, exports, root_context: 1, next_context: 2, limits };
+        let mut vm = Vm { store, exports, root_context: 1, next_context: 2, limits, _ticking: module.ticking() };
 
         let initialize = typed::<(), ()>(&instance, &mut vm.store, "_initialize")
             .or_else(|| typed(&instance, &mut vm.store, "_start"));

@@ -185,9 +185,19 @@ async fn proxy(
                 .to_bytes();
             exchange.bytes_received.fetch_add(whole.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let started = Instant::now();
-            let tried =
-                retry::send_replayable(cluster, retries, hash, endpoint, &parts, whole, timeout, &exchange.metrics)
-                    .await?;
+            // Boxed: its state (tries, waits between them) would otherwise add its size to the
+            // future of every request, retried or not.
+            let tried = Box::pin(retry::send_replayable(
+                cluster,
+                retries,
+                hash,
+                endpoint,
+                &parts,
+                whole,
+                timeout,
+                &exchange.metrics,
+            ))
+            .await?;
             exchange.upstream = Some(tried.endpoint.address);
             exchange.in_flight = Some(tried.in_flight);
             exchange.upstream_latency = Some(started.elapsed());
@@ -207,27 +217,22 @@ async fn proxy(
     let body = body.counted(exchange.bytes_received.clone());
     let started = Instant::now();
     let in_flight = exchange.in_flight.insert(endpoint.start_request());
-    let send = async {
-        let result =
-            upstream::send(cluster, &endpoint, in_flight, Request::from_parts(parts, body), timeout, &exchange.metrics)
-                .await;
-        if let Some(outcome) = retry::outcome(&result) {
-            endpoint.record(outcome);
-        }
-        result
-    };
+    let request = Request::from_parts(parts, body);
+    let metrics = &exchange.metrics;
     let response = match filter_reply {
-        None => send.await?,
-        // A filter may answer while the request body is on its way (or refuse it as too large);
-        // its answer wins over the upstream's error that abandoning the body causes.
-        Some(mut filter_reply) => tokio::select! {
-            biased;
-            Ok(answer) = &mut filter_reply => return answered(answer),
-            response = send => match response {
-                Err(error) => return filter_reply.try_recv().map_or(Err(LocalReply::from(error)), answered),
-                Ok(response) => response,
-            },
-        },
+        // Sent from this arm, so the future that sends it is made where it is awaited (a future
+        // made before the `match` is moved into place, all its bytes, on every request).
+        None => upstream::send(cluster, &endpoint, in_flight, request, timeout, metrics).await?,
+        // Boxed: requests whose body filters read are the fewer, and the race's state would
+        // otherwise add its size to every request's future.
+        Some(filter_reply) => {
+            let sending = upstream::send(cluster, &endpoint, in_flight, request, timeout, metrics);
+            match Box::pin(first_answer(filter_reply, sending)).await {
+                FirstAnswer::Upstream(response) => response,
+                FirstAnswer::Filters(answer) => return answered(answer),
+                FirstAnswer::Failed(error) => return Err(error.into()),
+            }
+        }
     };
     exchange.upstream_latency = Some(started.elapsed());
 
@@ -254,6 +259,30 @@ async fn proxy(
         ProxyBody::filtered(FilteredBody::response(body, filters, buffer_limit))
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Which answer came first when filters read the request body.
+enum FirstAnswer {
+    Upstream(Response<PeerBody>),
+    Filters(BodyAnswer),
+    Failed(UpstreamError),
+}
+
+/// The upstream's response, unless filters answer while the request body is on its way (or
+/// refuse it as too large): their answer wins over the upstream's error that abandoning the
+/// body causes.
+async fn first_answer(
+    mut filter_reply: tokio::sync::oneshot::Receiver<BodyAnswer>,
+    sending: impl std::future::Future<Output = Result<Response<PeerBody>, UpstreamError>>,
+) -> FirstAnswer {
+    tokio::select! {
+        biased;
+        Ok(answer) = &mut filter_reply => FirstAnswer::Filters(answer),
+        response = sending => match response {
+            Ok(response) => FirstAnswer::Upstream(response),
+            Err(error) => filter_reply.try_recv().map_or(FirstAnswer::Failed(error), FirstAnswer::Filters),
+        },
+    }
 }
 
 /// The answer filters gave while the request body was on its way.

@@ -10,7 +10,7 @@ pub use connector::{ConnectionLimit, Connector, UpstreamStream};
 pub use pool::{Http1Pool, PeerBody};
 pub use slots::{ConnectionBudget, ConnectionSlots, Turn};
 
-use crate::cluster::{Cluster, Endpoint, InFlight};
+use crate::cluster::{Cluster, Endpoint, InFlight, Outcome};
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, Metrics, UpstreamErrorLabels};
 use futures_util::future::Either;
@@ -94,6 +94,17 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// How the failure counts against the endpoint; `None` when the endpoint had no part in it
+    /// (the cluster's own connection limit).
+    fn endpoint_outcome(self) -> Option<Outcome> {
+        match self {
+            UpstreamError::Connect => Some(Outcome::ConnectFailure),
+            UpstreamError::Reset => Some(Outcome::Reset),
+            UpstreamError::Timeout => Some(Outcome::Timeout),
+            UpstreamError::Overloaded => None,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             UpstreamError::Connect => "connect",
@@ -106,7 +117,8 @@ impl UpstreamError {
 
 /// Sends `request` through the endpoint's pool and waits at most `timeout` for the response head,
 /// counting a wait for the cluster's turn (HTTP/1.1, past `max_connections` busy) in it. The
-/// turn is kept in `in_flight`, so it passes on when the request is over, body and all.
+/// turn is kept in `in_flight`, so it passes on when the request is over, body and all. How the
+/// try went is recorded on the endpoint, for its outlier detection.
 pub async fn send(
     cluster: &Cluster,
     endpoint: &Endpoint,
@@ -116,31 +128,45 @@ pub async fn send(
     metrics: &Metrics,
 ) -> Result<Response<PeerBody>, UpstreamError> {
     let Some(client) = &endpoint.client else {
+        endpoint.record(Outcome::ConnectFailure);
         return Err(UpstreamError::Connect);
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let sent = async {
+    // The two waits one after the other in this future, not nested in a block of their own:
+    // each layer of future adds its size to every request's, which is moved about whole.
+    let outcome = 'failed: {
         if let Some(slots) = &cluster.slots {
-            in_flight.hold(slots.take(timeout).await?);
-        }
-        tokio::time::timeout_at(deadline, client.request(request)).await.map_err(|_| UpstreamError::Timeout)
-    };
-    let outcome = match sent.await {
-        Ok(Ok(response)) => return Ok(response),
-        Err(refused) => refused,
-        Ok(Err(error)) => {
-            let outcome = error.classify();
-            let chain = error_chain(error.error());
-            match outcome {
-                UpstreamError::Connect => {
-                    tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream connect failed")
-                }
-                UpstreamError::Reset => tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream reset"),
-                _ => {}
+            match slots.take(timeout).await {
+                Ok(turn) => in_flight.hold(turn),
+                Err(refused) => break 'failed refused,
             }
-            outcome
+        }
+        match tokio::time::timeout_at(deadline, client.request(request)).await {
+            Ok(Ok(response)) => {
+                let server_error = response.status().is_server_error();
+                endpoint.record(if server_error { Outcome::ServerError } else { Outcome::Success });
+                return Ok(response);
+            }
+            Err(_) => UpstreamError::Timeout,
+            Ok(Err(error)) => {
+                let outcome = error.classify();
+                let chain = error_chain(error.error());
+                match outcome {
+                    UpstreamError::Connect => {
+                        tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream connect failed")
+                    }
+                    UpstreamError::Reset => {
+                        tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream reset")
+                    }
+                    _ => {}
+                }
+                outcome
+            }
         }
     };
+    if let Some(outcome) = outcome.endpoint_outcome() {
+        endpoint.record(outcome);
+    }
     let cluster = &cluster.name;
     if outcome == UpstreamError::Overloaded {
         metrics.upstream_overloaded.get_or_create(&ClusterLabels { cluster: cluster.clone() }).inc();

@@ -16,6 +16,7 @@ use super::wire::{self, Afterwards, BodyReader, Connection, Outgoing};
 use super::Connector;
 use crate::http::{BoxError, ProxyBody};
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -73,12 +74,22 @@ impl Http1Pool {
     /// closed under before any answer goes on the next one, when it may be sent twice
     /// (idempotent, without a body): that race (the endpoint closing a keep-alive connection as
     /// it is reused) must not fail a request the endpoint never took.
-    pub async fn send(&self, mut request: Request<ProxyBody>) -> Result<Response<PeerBody>, PoolError> {
+    ///
+    /// Not an `async fn`: the request is encoded before the future is made, so the future holds
+    /// the encoded request only, not the request too (each is moved about with the future).
+    pub fn send(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<PeerBody>, PoolError>> + Send + '_ {
         to_origin_form(&mut request);
         if request.method() == Method::CONNECT || request.headers().contains_key(header::UPGRADE) {
-            return Box::pin(self.send_switching(request)).await;
+            return Either::Left(Box::pin(self.send_switching(request)));
         }
-        let mut outgoing = Outgoing::new(request).map_err(|e| PoolError::Exchange(e.into()))?;
+        Either::Right(self.send_outgoing(Outgoing::new(request).map_err(|e| PoolError::Exchange(e.into()))))
+    }
+
+    async fn send_outgoing(&self, outgoing: Result<Outgoing, PoolError>) -> Result<Response<PeerBody>, PoolError> {
+        let mut outgoing = outgoing?;
         loop {
             let (connection, reused) = match self.checkout() {
                 Some(connection) => (connection, true),

@@ -5,7 +5,7 @@
 
 use super::PeerBody;
 use super::UpstreamError;
-use crate::cluster::{Cluster, Endpoint, InFlight, Outcome};
+use crate::cluster::{Cluster, Endpoint, InFlight};
 use crate::http::{LocalReply, ProxyBody};
 use crate::metrics::{Metrics, UpstreamErrorLabels};
 use bytes::Bytes;
@@ -86,19 +86,6 @@ pub fn backoff(retries: &Retries, n: u32) -> Duration {
     grown.min(retries.max_backoff.get()).mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// How a try ended, for the endpoint's outlier detection; `None` when the endpoint had no part
-/// in it (the cluster's own connection limit).
-pub fn outcome(result: &Result<Response<PeerBody>, UpstreamError>) -> Option<Outcome> {
-    Some(match result {
-        Ok(response) if response.status().is_server_error() => Outcome::ServerError,
-        Ok(_) => Outcome::Success,
-        Err(UpstreamError::Connect) => Outcome::ConnectFailure,
-        Err(UpstreamError::Reset) => Outcome::Reset,
-        Err(UpstreamError::Timeout) => Outcome::Timeout,
-        Err(UpstreamError::Overloaded) => return None,
-    })
-}
-
 /// What the last try of a request left: the endpoint that answered (or failed last), its
 /// in-flight count, and the result.
 pub struct Tried {
@@ -136,9 +123,6 @@ pub async fn send_replayable(
         let mut in_flight = endpoint.start_request();
         let request = Request::from_parts(request_parts, ProxyBody::full(body.clone()));
         let result = super::send(cluster, &endpoint, &mut in_flight, request, this_try, metrics).await;
-        if let Some(outcome) = outcome(&result) {
-            endpoint.record(outcome);
-        }
         let end = match &result {
             Err(error) => TryEnd::Failed(*error),
             Ok(response) => TryEnd::Answered(response.status(), response.headers()),
