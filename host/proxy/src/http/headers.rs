@@ -1,7 +1,7 @@
 //! Header rules of a forward proxy: hop-by-hop headers stay on their hop; `x-forwarded-*` and
 //! `x-request-id` travel on.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -122,36 +122,53 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 /// Appends the client (its [`forwarded_for`] value) to `x-forwarded-for` and states the scheme
 /// the client used.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => {
-            let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
-            joined.extend_from_slice(existing.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
+    // Through an entry: one hash of the name where a lookup and an insert took two.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut entry) => {
+            let joined = entry.get().to_str().ok().filter(|existing| !existing.trim().is_empty()).map(|existing| {
+                let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
+                joined.extend_from_slice(existing.as_bytes());
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(client.as_bytes());
+                HeaderValue::from_bytes(&joined)
+            });
+            match joined {
+                Some(Ok(joined)) => {
+                    entry.insert(joined);
+                }
+                // A list that cannot take one more entry is left as it came.
+                Some(Err(_)) => {}
+                None => {
+                    entry.insert(client.clone());
+                }
+            }
         }
-        _ => Some(client.clone()),
-    };
-    if let Some(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        Entry::Vacant(entry) => {
+            entry.insert(client.clone());
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if https { "https" } else { "http" }));
 }
 
-/// The request's id: the client's `x-request-id` when it sent a usable one, else a new UUID v4.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
-        if !id.is_empty() && id.len() <= 128 {
-            return id.clone();
+/// The request's id, left in its headers: the client's `x-request-id` when it sent a usable one,
+/// else a new UUID v4.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
+    let usable = |id: &HeaderValue| !id.is_empty() && id.len() <= 128;
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(entry) if usable(entry.get()) => entry.into_mut(),
+        Entry::Occupied(mut entry) => {
+            entry.insert(new_request_id());
+            entry.into_mut()
         }
+        Entry::Vacant(entry) => entry.insert(new_request_id()),
     }
+}
+
+fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut buffer = uuid::Uuid::encode_buffer();
     // A hyphenated UUID is always a valid header value.
-    let value =
-        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)).unwrap_or(HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID.clone(), value.clone());
-    value
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Size of a request head as the header limits count it: each name, value and separator.
@@ -239,9 +256,17 @@ mod tests {
         let mut headers = map(&[("x-request-id", "abc")]);
         assert_eq!(ensure_request_id(&mut headers), "abc");
         let mut headers = HeaderMap::new();
-        let made = ensure_request_id(&mut headers);
+        let made = ensure_request_id(&mut headers).clone();
         assert_eq!(made.len(), 36);
         assert_eq!(headers["x-request-id"], made);
         assert_ne!(ensure_request_id(&mut HeaderMap::new()), made);
+        let mut empty = map(&[("x-request-id", ""), ("x-request-id", "second")]);
+        let replaced = ensure_request_id(&mut empty).clone();
+        assert_eq!(replaced.len(), 36, "an empty id is replaced");
+        assert_eq!(
+            empty.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            [&replaced],
+            "and only the new one is left"
+        );
     }
 }

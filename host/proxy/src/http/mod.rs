@@ -117,13 +117,14 @@ async fn proxy(
         return Err(LocalReply::BadRequest("missing host header"));
     }
     let request_id = headers::ensure_request_id(request.headers_mut());
-    if listener.config.access_log {
+    // Kept apart from the headers only when the access log will write it.
+    if let Some(request_id) = listener.config.access_log.then(|| request_id.clone()) {
         exchange.log = Some(AccessLogFields {
             wall_time: SystemTime::now(),
             method: request.method().clone(),
             path: request.uri().path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
             version: request.version(),
-            request_id: request_id.clone(),
+            request_id,
             client: conn.peer,
             authority: authority_of(&request).unwrap_or_default(),
             principal: conn.tls.as_ref().and_then(|t| t.peer_uri_san.clone()),

@@ -338,11 +338,16 @@ where
     write.push(b' ');
     write.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     write.extend_from_slice(CRLF);
+    // Whether the answer says its own `Date` and `Connection`, seen on the way (a lookup by
+    // name costs a hash each).
+    let (mut dated, mut connection_said) = (false, false);
     for (name, value) in &parts.headers {
         // Framing is this side's to say.
         if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && framing == Framing::Chunked) {
             continue;
         }
+        dated |= name == header::DATE;
+        connection_said |= name == header::CONNECTION;
         put_field(write, name, value);
     }
     match framing {
@@ -354,12 +359,12 @@ where
         Framing::Chunked => write.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         write.extend_from_slice(b"date: ");
         put_date(write);
         write.extend_from_slice(CRLF);
     }
-    if close && !parts.headers.contains_key(header::CONNECTION) {
+    if close && !connection_said {
         write.extend_from_slice(b"connection: close\r\n");
     }
     write.extend_from_slice(CRLF);
@@ -592,6 +597,19 @@ mod tests {
         let mut empty = Response::new(ProxyBody::empty());
         *empty.status_mut() = StatusCode::NO_CONTENT;
         assert_eq!(without_date(&answered(empty, false).await.0), "HTTP/1.1 204 No Content\n");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_says_its_own_date_and_connection_gets_no_second() {
+        let mut response = Response::new(ProxyBody::full("hi"));
+        response.headers_mut().insert(header::DATE, HeaderValue::from_static("Fri, 04 Dec 2026 21:00:00 GMT"));
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let (wire, keep_alive) = answered(response, true).await;
+        assert_eq!(
+            wire,
+            "HTTP/1.1 200 OK\r\ndate: Fri, 04 Dec 2026 21:00:00 GMT\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi"
+        );
+        assert!(!keep_alive);
     }
 
     #[tokio::test]
