@@ -55,10 +55,15 @@ clusters:
     }
     // A fast request on the same cluster is unaffected by the timeout.
     assert_eq!(get(weft.addr("slow"), "/slow/10").await.status, 200);
+    // The pooled connection that answered it carries the next request, and that request's own
+    // deadline: it times out as the first did, and the one after is answered again.
+    let late = get(weft.addr("slow"), "/slow/3000").await;
+    assert_eq!(late.status, 504, "{late:?}");
+    assert_eq!(get(weft.addr("slow"), "/slow/10").await.status, 200);
     let metrics = weft.metrics().await;
     assert_eq!(
         support::weft::metric(&metrics, "weft_upstream_errors_total{cluster=\"slow\",reason=\"timeout\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         support::weft::metric(&metrics, "weft_requests_total{listener=\"nowhere\",cluster=\"none\",code=\"404\"}"),

@@ -276,7 +276,7 @@ async fn probe(endpoint: &Endpoint, check: &HealthCheck, scheme: &http::uri::Sch
         return false;
     };
     let exchange = async {
-        let response = client.request(request).await.ok()?;
+        let response = client.request(request, tokio::time::Instant::now() + timeout).await.ok()?;
         let passed = response.status().is_success();
         // Read the (small) body so the connection goes back to the pool.
         let _ = response.into_body().collect().await;

@@ -14,7 +14,7 @@ use crate::cluster::{Cluster, Endpoint, InFlight, Outcome};
 use crate::http::ProxyBody;
 use crate::metrics::{ClusterLabels, Metrics, UpstreamErrorLabels};
 use futures_util::future::Either;
-use futures_util::TryFutureExt;
+use futures_util::{FutureExt, TryFutureExt};
 use http::{Request, Response};
 use hyper_util::client::legacy::Client;
 use pool::PoolError;
@@ -34,21 +34,34 @@ pub enum UpstreamClient {
 pub enum SendError {
     Http1(PoolError),
     Http2(hyper_util::client::legacy::Error),
+    /// No response head in time.
+    Timeout,
 }
 
 impl UpstreamClient {
     /// Not an `async fn`: the request moves straight into the future that sends it instead of
     /// being kept in this one too (each layer that holds a request by value adds its size to every
-    /// request's future, which is moved about whole).
+    /// request's future, which is moved about whole). No response head by `deadline` is
+    /// [`SendError::Timeout`].
     pub fn request(
         &self,
         request: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<Response<PeerBody>, SendError>> + Send + '_ {
         match self {
-            UpstreamClient::Http1(pool) => Either::Left(pool.send(request).map_err(SendError::Http1)),
-            UpstreamClient::Http2(client) => Either::Right(
-                client.request(request).map_ok(|response| response.map(PeerBody::from)).map_err(SendError::Http2),
-            ),
+            // The pool keeps the deadline with a timer of each connection's, moved on from one
+            // request to the next, instead of a timer made and dropped for every request.
+            UpstreamClient::Http1(pool) => Either::Left(pool.send(request, deadline).map_err(|error| match error {
+                PoolError::Timeout => SendError::Timeout,
+                error => SendError::Http1(error),
+            })),
+            UpstreamClient::Http2(client) => {
+                Either::Right(tokio::time::timeout_at(deadline, client.request(request)).map(|sent| match sent {
+                    Ok(Ok(response)) => Ok(response.map(PeerBody::from)),
+                    Ok(Err(error)) => Err(SendError::Http2(error)),
+                    Err(_) => Err(SendError::Timeout),
+                }))
+            }
         }
     }
 }
@@ -64,17 +77,19 @@ impl SendError {
                 UpstreamError::Connect
             }
             SendError::Http1(PoolError::Exchange(_)) => UpstreamError::Reset,
+            SendError::Http1(PoolError::Timeout) | SendError::Timeout => UpstreamError::Timeout,
             SendError::Http2(error) if caused_by::<ConnectionLimit>(error) => UpstreamError::Overloaded,
             SendError::Http2(error) if error.is_connect() || is_tls_refusal(error) => UpstreamError::Connect,
             SendError::Http2(_) => UpstreamError::Reset,
         }
     }
 
-    fn error(&self) -> &(dyn std::error::Error + 'static) {
+    fn error(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SendError::Http1(PoolError::Connect(error)) => error,
-            SendError::Http1(PoolError::Exchange(error)) => &**error,
-            SendError::Http2(error) => error,
+            SendError::Http1(PoolError::Connect(error)) => Some(error),
+            SendError::Http1(PoolError::Exchange(error)) => Some(&**error),
+            SendError::Http2(error) => Some(error),
+            SendError::Http1(PoolError::Timeout) | SendError::Timeout => None,
         }
     }
 }
@@ -141,16 +156,15 @@ pub async fn send(
                 Err(refused) => break 'failed refused,
             }
         }
-        match tokio::time::timeout_at(deadline, client.request(request)).await {
-            Ok(Ok(response)) => {
+        match client.request(request, deadline).await {
+            Ok(response) => {
                 let server_error = response.status().is_server_error();
                 endpoint.record(if server_error { Outcome::ServerError } else { Outcome::Success });
                 return Ok(response);
             }
-            Err(_) => UpstreamError::Timeout,
-            Ok(Err(error)) => {
+            Err(error) => {
                 let outcome = error.classify();
-                let chain = error_chain(error.error());
+                let chain = error.error().map(error_chain).unwrap_or_default();
                 match outcome {
                     UpstreamError::Connect => {
                         tracing::debug!(endpoint = %endpoint.address, error = %chain, "upstream connect failed")

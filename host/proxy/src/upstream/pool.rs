@@ -17,6 +17,7 @@ use super::Connector;
 use crate::http::{BoxError, ProxyBody};
 use bytes::Bytes;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -60,6 +61,8 @@ pub enum PoolError {
     Connect(io::Error),
     /// The connection failed while the request was on it.
     Exchange(BoxError),
+    /// No response head by the request's deadline.
+    Timeout,
 }
 
 impl Http1Pool {
@@ -80,31 +83,40 @@ impl Http1Pool {
     pub fn send(
         &self,
         mut request: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<Response<PeerBody>, PoolError>> + Send + '_ {
         to_origin_form(&mut request);
         if request.method() == Method::CONNECT || request.headers().contains_key(header::UPGRADE) {
-            return Either::Left(Box::pin(self.send_switching(request)));
+            let switching = tokio::time::timeout_at(deadline, self.send_switching(request));
+            return Either::Left(Box::pin(switching.map(|sent| sent.unwrap_or(Err(PoolError::Timeout)))));
         }
-        Either::Right(self.send_outgoing(Outgoing::new(request).map_err(|e| PoolError::Exchange(e.into()))))
+        let outgoing = Outgoing::new(request).map_err(|e| PoolError::Exchange(e.into()));
+        Either::Right(self.send_outgoing(outgoing, deadline))
     }
 
-    async fn send_outgoing(&self, outgoing: Result<Outgoing, PoolError>) -> Result<Response<PeerBody>, PoolError> {
+    async fn send_outgoing(
+        &self,
+        outgoing: Result<Outgoing, PoolError>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<PeerBody>, PoolError> {
         let mut outgoing = outgoing?;
         loop {
             let (connection, reused) = match self.checkout() {
                 Some(connection) => (connection, true),
                 // Boxed: opening a connection (the TLS handshake's state above all) is rare, and
                 // its state would otherwise make every request's future as large.
-                None => (
-                    Box::pin(self.shared.connector.connect()).await.map(Connection::new).map_err(PoolError::Connect)?,
-                    false,
-                ),
+                None => {
+                    let connecting = Box::pin(tokio::time::timeout_at(deadline, self.shared.connector.connect()));
+                    let connected = connecting.await.map_err(|_| PoolError::Timeout)?;
+                    (connected.map(Connection::new).map_err(PoolError::Connect)?, false)
+                }
             };
-            match wire::exchange(connection, outgoing).await {
+            match wire::exchange(connection, outgoing, deadline).await {
                 Ok((response, reader)) => {
                     let pool = Arc::downgrade(&self.shared);
                     return Ok(response.map(|()| PeerBody::from_endpoint(reader, pool)));
                 }
+                Err(failed) if failed.timed_out => return Err(PoolError::Timeout),
                 Err(failed) => match failed.unsent {
                     Some(unsent) if reused => outgoing = unsent,
                     _ => return Err(PoolError::Exchange(failed.error.into())),

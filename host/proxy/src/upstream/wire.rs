@@ -16,11 +16,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
 
 /// The largest response head read: past it the response is refused (hyper's own limit is
 /// about 400 KB; real heads are well under a kilobyte or two).
@@ -45,11 +46,15 @@ struct Inner {
     io: UpstreamStream,
     /// Bytes read from the endpoint and not used yet.
     read: BytesMut,
+    /// The deadline of the exchange under way, made with the first and moved on for each next
+    /// one: moving a timer later costs no more than an atomic write, where a timer made and
+    /// dropped with every request took the timer wheel's lock twice.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
     pub fn new(io: UpstreamStream) -> Connection {
-        Connection { inner: Box::new(Inner { io, read: BytesMut::new() }) }
+        Connection { inner: Box::new(Inner { io, read: BytesMut::new(), deadline: None }) }
     }
 
     /// Whether the connection, idle since its last exchange, still is: the endpoint has sent
@@ -179,16 +184,26 @@ pub struct Failed {
     pub error: io::Error,
     /// The request, when nothing came back on the connection and the request may be sent again.
     pub unsent: Option<Outgoing>,
+    /// No response head came by the deadline.
+    pub timed_out: bool,
 }
 
 /// Sends the request on the connection and reads the response head. The body is the
 /// [`BodyReader`]'s to read; an upload the response came before goes on as it is read.
-pub async fn exchange(connection: Connection, outgoing: Outgoing) -> Result<(Response<()>, BodyReader), Failed> {
+pub async fn exchange(
+    connection: Connection,
+    outgoing: Outgoing,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<()>, BodyReader), Failed> {
     let mut inner = connection.inner;
     let replay = outgoing.replay();
     let head_request = outgoing.head_request;
     let mut upload = Some(Upload::new(outgoing));
     let mut upload_failed = None;
+    match inner.deadline.as_mut() {
+        Some(timer) => timer.as_mut().reset(deadline),
+        None => inner.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+    }
     let head = poll_fn(|cx| {
         if let Some(sending) = upload.as_mut() {
             match sending.poll(cx, &mut inner.io) {
@@ -198,17 +213,28 @@ pub async fn exchange(connection: Connection, outgoing: Outgoing) -> Result<(Res
                     upload_failed = Some(error);
                 }
                 // The endpoint waits for a body that will not come whole: no answer to wait for.
-                Poll::Ready(Err(UploadError::Body(error))) => return Poll::Ready(Err((error, false))),
+                Poll::Ready(Err(UploadError::Body(error))) => return Poll::Ready(Err(NoHead::Body(error))),
                 Poll::Pending => {}
             }
         }
-        inner.poll_head(cx).map_err(|error| (error, true))
+        if let Poll::Ready(head) = inner.poll_head(cx) {
+            return Poll::Ready(head.map_err(NoHead::Wire));
+        }
+        let late = inner.deadline.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if late {
+            return Poll::Ready(Err(NoHead::Late));
+        }
+        Poll::Pending
     })
     .await;
     let head = match head {
         Ok(head) => head,
-        Err((error, false)) => return Err(Failed { error, unsent: None }),
-        Err((error, true)) => {
+        Err(NoHead::Body(error)) => return Err(Failed { error, unsent: None, timed_out: false }),
+        Err(NoHead::Late) => {
+            let error = io::Error::new(io::ErrorKind::TimedOut, "no response head in time");
+            return Err(Failed { error, unsent: None, timed_out: true });
+        }
+        Err(NoHead::Wire(error)) => {
             // The endpoint may have answered a request it would not take whole, then closed;
             // without an answer, what broke the upload is the story. A connection closed or
             // reset before any byte came back is one the endpoint let go of as it was reused.
@@ -221,7 +247,7 @@ pub async fn exchange(connection: Connection, outgoing: Outgoing) -> Result<(Res
             );
             let nothing_came = closed && inner.read.is_empty();
             let error = upload_failed.filter(|_| nothing_came).unwrap_or(error);
-            return Err(Failed { error, unsent: replay.filter(|_| nothing_came) });
+            return Err(Failed { error, unsent: replay.filter(|_| nothing_came), timed_out: false });
         }
     };
     let (response, mut reader) = head.into_response(head_request)?;
@@ -230,9 +256,19 @@ pub async fn exchange(connection: Connection, outgoing: Outgoing) -> Result<(Res
     Ok((response, reader))
 }
 
+/// Why an exchange ended without a response head.
+enum NoHead {
+    /// The request body broke off: the endpoint waits for a body that will not come whole.
+    Body(io::Error),
+    /// The connection failed, or the head was not HTTP.
+    Wire(io::Error),
+    /// The deadline passed.
+    Late,
+}
+
 impl From<io::Error> for Failed {
     fn from(error: io::Error) -> Failed {
-        Failed { error, unsent: None }
+        Failed { error, unsent: None, timed_out: false }
     }
 }
 
