@@ -48,7 +48,8 @@ struct Inner {
     read: BytesMut,
     /// The deadline of the exchange under way, made with the first and moved on for each next
     /// one: moving a timer later costs no more than an atomic write, where a timer made and
-    /// dropped with every request took the timer wheel's lock twice.
+    /// dropped with every request took the timer wheel's lock twice. Between exchanges it keeps
+    /// the waker of the task that polled it last (one per pooled connection, at most).
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
