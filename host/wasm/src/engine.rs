@@ -2,7 +2,7 @@
 //! per-call deadlines, and the linker with every hostcall defined once.
 
 use crate::vm::HostState;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use wasmtime::{Config, Engine, Linker, OptLevel};
 
@@ -28,13 +28,20 @@ struct Ticker {
     changed: Condvar,
 }
 
+impl Ticker {
+    /// The state; a panic elsewhere while it was held leaves it as consistent as a counter is.
+    fn lock(&self) -> MutexGuard<'_, TickerState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[derive(Default)]
 struct TickerState {
-    /// Live [`Ticking`] guards.
-    modules: usize,
-    /// The [`WasmEngine`] is gone: with no module left, the ticker ends.
+    /// Live [`Ticking`] guards (filter modules and VMs).
+    holders: usize,
+    /// The [`WasmEngine`] is gone: with no holder left, the ticker ends.
     closed: bool,
-    /// The ticker waits for a module (it does not tick).
+    /// The ticker waits for a holder (it does not tick).
     idle: bool,
     /// Ticks so far.
     ticks: u64,
@@ -45,9 +52,9 @@ pub struct Ticking(Arc<Ticker>);
 
 impl Ticking {
     fn new(ticker: &Arc<Ticker>) -> Ticking {
-        let mut state = ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.modules += 1;
-        if state.modules == 1 {
+        let mut state = ticker.lock();
+        state.holders += 1;
+        if state.holders == 1 {
             ticker.changed.notify_all();
         }
         Ticking(ticker.clone())
@@ -62,14 +69,14 @@ impl Clone for Ticking {
 
 impl Drop for Ticking {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.modules -= 1;
+        let mut state = self.0.lock();
+        state.holders -= 1;
     }
 }
 
 impl Drop for WasmEngine {
     fn drop(&mut self) {
-        let mut state = self.ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.ticker.lock();
         state.closed = true;
         self.ticker.changed.notify_all();
     }
@@ -117,8 +124,8 @@ fn spawn_ticker(engine: &Engine, ticker: Arc<Ticker>) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new().name("weft-wasm-epoch".into()).spawn(move || loop {
         {
-            let mut state = ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            while state.modules == 0 {
+            let mut state = ticker.lock();
+            while state.holders == 0 {
                 if state.closed {
                     return;
                 }
@@ -130,7 +137,7 @@ fn spawn_ticker(engine: &Engine, ticker: Arc<Ticker>) {
         std::thread::sleep(EPOCH_TICK);
         let Some(engine) = weak.upgrade() else { return };
         engine.increment_epoch();
-        ticker.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).ticks += 1;
+        ticker.lock().ticks += 1;
     });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the Wasm deadline ticker; filters that never return will hang requests");
@@ -145,7 +152,7 @@ mod tests {
     /// Waits (at most 10 s) until `done` says yes about the ticker's state.
     fn until(engine: &WasmEngine, done: impl Fn(&TickerState) -> bool) {
         let started = Instant::now();
-        while !done(&engine.ticker.state.lock().unwrap()) {
+        while !done(&engine.ticker.lock()) {
             assert!(started.elapsed() < Duration::from_secs(10), "the ticker did not get there");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -155,19 +162,19 @@ mod tests {
     fn the_epoch_advances_only_while_modules_are_loaded() {
         let engine = WasmEngine::new().unwrap();
         until(&engine, |state| state.idle);
-        assert_eq!(engine.ticker.state.lock().unwrap().ticks, 0, "no module: no tick");
+        assert_eq!(engine.ticker.lock().ticks, 0, "no module: no tick");
 
         let module = engine.ticking();
         let vm = module.clone();
         until(&engine, |state| state.ticks >= 2);
         drop(module);
-        let ticks = engine.ticker.state.lock().unwrap().ticks;
+        let ticks = engine.ticker.lock().ticks;
         until(&engine, |state| state.ticks >= ticks + 2);
-        assert!(!engine.ticker.state.lock().unwrap().idle, "a VM still lives: the epoch goes on");
+        assert!(!engine.ticker.lock().idle, "a VM still lives: the epoch goes on");
 
         drop(vm);
         until(&engine, |state| state.idle);
-        let ticks = engine.ticker.state.lock().unwrap().ticks;
+        let ticks = engine.ticker.lock().ticks;
         let again = engine.ticking();
         until(&engine, |state| state.ticks > ticks);
         drop(again);

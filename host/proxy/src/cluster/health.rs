@@ -275,14 +275,16 @@ async fn probe(endpoint: &Endpoint, check: &HealthCheck, scheme: &http::uri::Sch
     }) else {
         return false;
     };
+    // One deadline for the response head and for the body after it.
+    let deadline = tokio::time::Instant::now() + timeout;
     let exchange = async {
-        let response = client.request(request, tokio::time::Instant::now() + timeout).await.ok()?;
+        let response = client.request(request, deadline).await.ok()?;
         let passed = response.status().is_success();
         // Read the (small) body so the connection goes back to the pool.
         let _ = response.into_body().collect().await;
         Some(passed)
     };
-    matches!(tokio::time::timeout(timeout, exchange).await, Ok(Some(true)))
+    matches!(tokio::time::timeout_at(deadline, exchange).await, Ok(Some(true)))
 }
 
 #[cfg(test)]

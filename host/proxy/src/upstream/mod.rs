@@ -34,7 +34,7 @@ pub enum UpstreamClient {
 pub enum SendError {
     Http1(PoolError),
     Http2(hyper_util::client::legacy::Error),
-    /// No response head in time.
+    /// No response head in time from an HTTP/2 cluster (the HTTP/1.1 pool says its own).
     Timeout,
 }
 
@@ -51,10 +51,7 @@ impl UpstreamClient {
         match self {
             // The pool keeps the deadline with a timer of each connection's, moved on from one
             // request to the next, instead of a timer made and dropped for every request.
-            UpstreamClient::Http1(pool) => Either::Left(pool.send(request, deadline).map_err(|error| match error {
-                PoolError::Timeout => SendError::Timeout,
-                error => SendError::Http1(error),
-            })),
+            UpstreamClient::Http1(pool) => Either::Left(pool.send(request, deadline).map_err(SendError::Http1)),
             UpstreamClient::Http2(client) => {
                 Either::Right(tokio::time::timeout_at(deadline, client.request(request)).map(|sent| match sent {
                     Ok(Ok(response)) => Ok(response.map(PeerBody::from)),
